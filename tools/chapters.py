@@ -1,0 +1,195 @@
+"""Shared helpers of the book's tools: where the chapters are, how to read them,
+and how their reference (executed) outputs are stored and matched.
+
+Used by ``tools/tangle.py``, ``tools/refresh_outputs.py``, the nbval collector in
+``conftest.py`` and the Sphinx extension ``tools/cnnbook_sphinx.py``.
+
+Reference outputs
+-----------------
+Each chapter ``book/NAME.md`` has a reference ``book/_reference/NAME.ipynb``: the
+chapter's code cells, executed in a fresh ``python3`` kernel, with their outputs.
+Only code cells are stored (prose changes never make a reference stale).  A
+reference is *stale* when the sequence of code-cell sources in the chapter is no
+longer the one the reference was made from; every consumer refuses a stale
+reference and says how to refresh it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import jupytext
+import nbformat
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+BOOK = ROOT / "book"
+TOC = ROOT / "_toc.yml"
+
+REFRESH_HINT = "python tools/refresh_outputs.py {chapter}"
+
+
+
+class ChapterError(Exception):
+    """A problem with a chapter or its reference, phrased for the author."""
+
+
+def rel(path: Path) -> str:
+    """``path`` relative to the repository root, with forward slashes."""
+    try:
+        return Path(path).resolve().relative_to(ROOT).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def chapters(toc: Path = TOC) -> list[Path]:
+    """The chapter files named in ``_toc.yml``, in reading order."""
+    data = yaml.safe_load(Path(toc).read_text(encoding="utf-8"))
+    names: list[str] = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            for key in ("root", "file"):
+                if isinstance(node.get(key), str):
+                    names.append(node[key])
+            for key in ("parts", "chapters", "sections"):
+                for child in node.get(key, []) or []:
+                    walk(child)
+
+    walk(data)
+    base = Path(toc).parent
+    out = []
+    for name in names:
+        path = base / name
+        if path.suffix == "":
+            path = path.with_suffix(".md")
+        out.append(path)
+    return out
+
+
+def read_chapter(path: Path) -> nbformat.NotebookNode:
+    """Read a MyST chapter with jupytext (the only parser the tools use)."""
+    return jupytext.read(Path(path), fmt="md:myst")
+
+
+def code_cells(nb) -> list:
+    return [c for c in nb.cells if c.cell_type == "code"]
+
+
+def code_cell_lines(path: Path, nb=None) -> list[int]:
+    """1-based line of the first source line of each code cell of a chapter.
+
+    The cells themselves come from jupytext; the lines come from markdown-it's
+    token map of the ``{code-cell}`` fences, so that messages and tangled
+    comments can name a line of the chapter.
+    """
+    from markdown_it import MarkdownIt
+
+    nb = nb if nb is not None else read_chapter(path)
+    text = Path(path).read_text(encoding="utf-8")
+    lines = text.splitlines()
+    fences = [
+        tok.map
+        for tok in MarkdownIt("commonmark").parse(text)
+        if tok.type == "fence" and tok.info.strip().startswith("{code-cell}") and tok.map
+    ]
+    cells = code_cells(nb)
+    if len(fences) != len(cells):
+        raise ChapterError(
+            f"{rel(path)}: found {len(fences)} code-cell fences but jupytext read "
+            f"{len(cells)} code cells; check the cell markup"
+        )
+    result = []
+    for (start, end), cell in zip(fences, cells):
+        first = cell.source.splitlines()[0] if cell.source.strip() else None
+        line_no = start + 2  # the line after the fence
+        if first is not None:
+            for j in range(start + 1, min(end, len(lines))):
+                if lines[j] == first:
+                    line_no = j + 1
+                    break
+        result.append(line_no)
+    return result
+
+
+def reference_path(chapter: Path) -> Path:
+    """``book/NAME.md`` -> ``book/_reference/NAME.ipynb``."""
+    chapter = Path(chapter)
+    return chapter.parent / "_reference" / (chapter.stem + ".ipynb")
+
+
+def source_digest(sources: list[str]) -> str:
+    """A digest of a sequence of code-cell sources (whitespace at the ends ignored)."""
+    h = hashlib.sha256()
+    for src in sources:
+        h.update(src.strip().encode("utf-8"))
+        h.update(b"\x00")
+    return h.hexdigest()
+
+
+def load_reference(chapter: Path, nb=None):
+    """The chapter's reference notebook, after checking it is not stale.
+
+    Returns ``(chapter_nb, reference_nb)``; raises ChapterError with the refresh
+    command when the reference is missing or was made from other code cells.
+    """
+    chapter = Path(chapter)
+    nb = nb if nb is not None else read_chapter(chapter)
+    ref_path = reference_path(chapter)
+    hint = REFRESH_HINT.format(chapter=rel(chapter))
+    if not ref_path.exists():
+        raise ChapterError(f"{rel(chapter)} has no reference outputs ({rel(ref_path)}); run: {hint}")
+    ref = nbformat.read(ref_path, as_version=4)
+    ours = [c.source for c in code_cells(nb)]
+    theirs = [c.source for c in code_cells(ref)]
+    if source_digest(ours) != source_digest(theirs):
+        detail = _first_difference(ours, theirs)
+        raise ChapterError(
+            f"the reference outputs {rel(ref_path)} are stale: the code cells of "
+            f"{rel(chapter)} changed since they were made ({detail}). "
+            f"Re-run the chapter and store its outputs with: {hint}"
+        )
+    return nb, ref
+
+
+def _first_difference(ours: list[str], theirs: list[str]) -> str:
+    for i, (a, b) in enumerate(zip(ours, theirs)):
+        if a.strip() != b.strip():
+            first = a.strip().splitlines()[0] if a.strip() else "<empty>"
+            return f"code cell {i} differs, starting {first!r}"
+    return f"the chapter has {len(ours)} code cells, the reference {len(theirs)}"
+
+
+def with_reference_outputs(chapter: Path, nb=None):
+    """The chapter as a notebook whose code cells carry the reference outputs."""
+    nb, ref = load_reference(chapter, nb)
+    for cell, ref_cell in zip(code_cells(nb), code_cells(ref)):
+        cell.outputs = ref_cell.get("outputs", [])
+        cell.execution_count = ref_cell.get("execution_count")
+    return nb
+
+
+def reference_json(nb) -> str:
+    """Serialize a reference notebook deterministically (stable diffs)."""
+    text = nbformat.writes(nb, version=4)
+    return json.dumps(json.loads(text), indent=1, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def kernel_environment(base: dict | None = None, root: Path = ROOT) -> dict:
+    """Environment for a chapter's kernel: the repository's ``src`` first on the path,
+    a fixed hash seed, and a non-interactive matplotlib backend outside notebooks."""
+    import os
+
+    env = dict(os.environ if base is None else base)
+    src = str(Path(root) / "src")
+    env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env.setdefault("PYTHONHASHSEED", "0")
+    return env
+
+
+def chapter_timeout(nb, default: int = 1200) -> int:
+    """Per-cell timeout in seconds: the chapter's ``mystnb: execution_timeout`` front-matter
+    value (the key myst-nb uses), else ``default``."""
+    value = nb.metadata.get("mystnb", {}).get("execution_timeout")
+    return int(value) if value else default

@@ -1,0 +1,66 @@
+"""Sphinx extension of the book (loaded by _config.yml).
+
+1. Chapters are shown with their *reference outputs*: the outputs CI verified by
+   re-running each chapter under nbval.  The book build executes nothing.  It is
+   registered as myst-nb's reader for ``.md`` files (``nb_custom_formats``); a
+   stale or missing reference is a build error that names the refresh command.
+2. MathJax is served from the site itself (a copy shipped by the
+   ``sphinx-mathjax-offline`` package), so pages make no CDN request.
+"""
+from __future__ import annotations
+
+import importlib.util
+import shutil
+from pathlib import Path
+
+from chapters import ChapterError, code_cells, with_reference_outputs
+
+_app = None  # the running Sphinx application, for the reader below
+
+
+def read_chapter_with_outputs(text: str, **kwargs):
+    """myst-nb reader: the MyST notebook as myst-nb reads it, plus reference outputs."""
+    from myst_nb.core.read import read_myst_markdown_notebook
+
+    env = _app.env
+    path = Path(env.doc2path(env.docname))
+    nb = read_myst_markdown_notebook(text, config=env.myst_config, add_source_map=True, path=str(path))
+    if not code_cells(nb):
+        return nb
+    try:
+        merged = with_reference_outputs(path)
+    except ChapterError as exc:
+        raise ChapterError(f"cannot build {path.name}: {exc}") from None
+    ours, theirs = code_cells(nb), code_cells(merged)
+    if len(ours) != len(theirs) or any(a.source.strip() != b.source.strip() for a, b in zip(ours, theirs)):
+        raise ChapterError(f"{path}: myst-nb and jupytext read different code cells")
+    for cell, ref in zip(ours, theirs):
+        cell.outputs = ref.outputs
+        cell.execution_count = ref.execution_count
+    return nb
+
+
+def _mathjax_dir() -> Path:
+    spec = importlib.util.find_spec("sphinx-mathjax-offline")
+    if spec is None or spec.origin is None:
+        raise RuntimeError("the package sphinx-mathjax-offline is needed to serve MathJax locally")
+    return Path(spec.origin).parent / "static" / "mathjax"
+
+
+def _copy_mathjax(app, exc):
+    if exc is None and app.builder.format == "html":
+        target = Path(app.outdir) / "_static" / "mathjax"
+        shutil.copytree(_mathjax_dir(), target, dirs_exist_ok=True)
+
+
+def _remember_app(app):
+    global _app
+    _app = app
+
+
+def setup(app):
+    _remember_app(app)
+    app.connect("builder-inited", _remember_app)
+    app.connect("build-finished", _copy_mathjax)
+    _mathjax_dir()  # fail early when the MathJax copy is missing
+    return {"parallel_read_safe": True, "parallel_write_safe": True}

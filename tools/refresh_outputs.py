@@ -1,0 +1,91 @@
+#!/usr/bin/env python3
+"""Execute chapters and store their outputs as the reference the tests compare against.
+
+    python tools/refresh_outputs.py                    # every chapter in _toc.yml
+    python tools/refresh_outputs.py book/fc_layers.md  # just these
+
+Each chapter runs top to bottom in a fresh ``python3`` kernel whose working
+directory is the chapter's folder and whose ``PYTHONPATH`` starts with the
+repository's ``src`` (so ``import cnnbook`` gets the tangled package: run
+``python tools/tangle.py`` first).  The code cells and their outputs are written
+to ``book/_reference/NAME.ipynb``.  Review the diff of the reference before you
+commit it: it is what the book shows and what CI will demand.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from chapters import (  # noqa: E402
+    ROOT,
+    chapter_timeout,
+    chapters,
+    code_cells,
+    kernel_environment,
+    read_chapter,
+    reference_json,
+    reference_path,
+    rel,
+    source_digest,
+)
+
+
+def execute(chapter: Path, root: Path = ROOT):
+    """Run a chapter in a fresh kernel; return the reference notebook (code cells + outputs)."""
+    import nbformat
+    from jupyter_client.manager import KernelManager
+    from nbclient import NotebookClient
+
+    nb = read_chapter(chapter)
+    ref = nbformat.v4.new_notebook()
+    ref.metadata["kernelspec"] = nb.metadata.get("kernelspec", {"name": "python3", "display_name": "Python 3", "language": "python"})
+    ref.metadata["language_info"] = {"name": "python"}
+    ref.cells = [nbformat.v4.new_code_cell(c.source, metadata=dict(c.metadata)) for c in code_cells(nb)]
+    for cell in ref.cells:
+        cell.pop("id", None)
+    km = KernelManager(kernel_name=ref.metadata["kernelspec"].get("name", "python3"))
+    km.start_kernel(cwd=str(Path(chapter).parent), env=kernel_environment(root=root))
+    try:
+        client = NotebookClient(
+            ref,
+            km=km,
+            timeout=chapter_timeout(nb),
+            record_timing=False,
+            allow_errors=False,
+        )
+        client.execute(cleanup_kc=True)
+    finally:
+        if km.is_alive():
+            km.shutdown_kernel(now=True)
+    ref.metadata["cnnbook"] = {
+        "chapter": rel(chapter),
+        "code_digest": source_digest([c.source for c in ref.cells]),
+        "note": "Reference outputs made by tools/refresh_outputs.py; do not edit by hand.",
+    }
+    ref.nbformat_minor = 4  # no cell ids: stable, readable diffs
+    return ref
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("chapters", nargs="*", type=Path, help="chapter files (default: all in _toc.yml)")
+    args = parser.parse_args(argv)
+    targets = [p.resolve() for p in args.chapters] or chapters()
+    for chapter in targets:
+        if chapter.suffix != ".md" or not chapter.exists():
+            print(f"refresh_outputs: {chapter} is not a chapter file", file=sys.stderr)
+            return 2
+        start = time.perf_counter()
+        ref = execute(chapter)
+        out = reference_path(chapter)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(reference_json(ref), encoding="utf-8")
+        print(f"wrote {rel(out)} ({len(ref.cells)} code cells, {time.perf_counter() - start:.1f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

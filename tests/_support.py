@@ -1,0 +1,55 @@
+"""Helpers shared by the tests."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+TOOLS = ROOT / "tools"
+WHEELHOUSE = ROOT / ".wheelhouse"
+
+if str(TOOLS) not in sys.path:
+    sys.path.insert(0, str(TOOLS))
+
+
+def skip_or_fail(reason: str):
+    """Skip, unless CNNBOOK_REQUIRE_ALL is set (as tools/test.sh and CI do): then fail."""
+    if os.environ.get("CNNBOOK_REQUIRE_ALL"):
+        pytest.fail(reason + " (CNNBOOK_REQUIRE_ALL is set, so this is an error)")
+    pytest.skip(reason)
+
+
+def clean_env(**extra) -> dict:
+    """The environment without anything that would let a fresh venv see this repository."""
+    env = {k: v for k, v in os.environ.items() if k not in {"PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME"}}
+    env.update(extra)
+    return env
+
+
+def run(cmd, **kwargs) -> subprocess.CompletedProcess:
+    kwargs.setdefault("env", clean_env())
+    proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, **kwargs)
+    if proc.returncode != 0:
+        raise AssertionError(
+            f"command failed ({proc.returncode}): {' '.join(map(str, cmd))}\n"
+            f"--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-4000:]}"
+        )
+    return proc
+
+
+def fresh_venv(path: Path) -> Path:
+    """A new virtual environment (with pip, no system packages); returns its python."""
+    if not WHEELHOUSE.is_dir():
+        skip_or_fail(f"{WHEELHOUSE} is missing: run `bash tools/setup.sh` to fetch the wheels offline tests install")
+    venv.EnvBuilder(with_pip=True, clear=True).create(path)
+    return path / "bin" / "python"
+
+
+def pip_offline(python: Path, *args):
+    return run([python, "-m", "pip", "install", "-q", "--disable-pip-version-check",
+                "--no-index", "--find-links", WHEELHOUSE, *args])

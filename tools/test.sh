@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Run every test of the book, as CI does (.ci/run calls this script):
+#   setup -> tangle check -> unit tests -> nbval over every chapter
+#   -> strict HTML build -> browser test.
+# Each stage prints its wall time; the last line sums up the test counts.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export CNNBOOK_REQUIRE_ALL=1  # tests that would skip for a missing tool fail instead
+export PYTHONDONTWRITEBYTECODE=1
+mkdir -p _build/test-results
+rm -f _build/test-results/*.xml
+declare -a SUMMARY=()
+FAILED=0
+
+stage() {  # stage NAME COMMAND...
+  local name=$1; shift
+  local start=$SECONDS
+  echo "=== stage: $name"
+  "$@"
+  local rc=$?
+  local took=$((SECONDS - start))
+  if [ $rc -eq 0 ]; then SUMMARY+=("$name: ok (${took} s)"); else SUMMARY+=("$name: FAILED rc=$rc (${took} s)"); FAILED=1; fi
+  echo "=== stage: $name finished in ${took} s (rc=$rc)"
+  return $rc
+}
+
+stage setup bash tools/setup.sh || { echo "setup failed; stopping"; exit 1; }
+PY=.venv/bin/python
+stage tangle-check $PY tools/tangle.py --check
+stage unit-tests $PY -m pytest tests -m "not browser" -q --junitxml=_build/test-results/unit.xml
+stage nbval $PY -m pytest book -q --junitxml=_build/test-results/nbval.xml
+if stage book-build .venv/bin/jupyter-book build . -W -n --keep-going -q; then
+  stage browser $PY -m pytest tests -m browser -q --junitxml=_build/test-results/browser.xml
+else
+  SUMMARY+=("browser: not run (no book)"); FAILED=1
+fi
+
+echo
+echo "=== summary"
+printf '  %s\n' "${SUMMARY[@]}"
+$PY - <<'PY'
+import glob, xml.etree.ElementTree as ET
+passed = failed = skipped = 0
+for f in glob.glob("_build/test-results/*.xml"):
+    for suite in ET.parse(f).getroot().iter("testsuite"):
+        t, fl, er, sk = (int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped"))
+        passed += t - fl - er - sk; failed += fl + er; skipped += sk
+print(f"tests: {passed} passed, {failed} failed, {skipped} skipped")
+PY
+exit $FAILED

@@ -185,6 +185,12 @@ def kernel_environment(base: dict | None = None, root: Path = ROOT) -> dict:
     src = str(Path(root) / "src")
     env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env.setdefault("PYTHONHASHSEED", "0")
+    # Chapter outputs must not depend on timing: progress bars are for interactive use.
+    env.setdefault("TQDM_DISABLE", "1")
+    # CIFAR-10: use the offline copy next to the project when no directory is configured.
+    shared = Path(root).parent / "shared" / "cifar10"
+    if "CNNBOOK_CIFAR10_DIR" not in env and (shared / "cifar-10-batches-py").is_dir():
+        env["CNNBOOK_CIFAR10_DIR"] = str(shared)
     return env
 
 

@@ -152,3 +152,13 @@ def test_fence_inside_a_literal_block_is_not_a_cell(tmp_path):
     root = make_book(tmp_path, {"a": body})
     files = tangle.tangle(root)
     assert "z = 3" in files["src/cnnbook/m.py"] and "src/cnnbook/x.py" not in files
+
+
+def test_every_chapter_file_is_in_the_table_of_contents():
+    from chapters import chapters
+    from nbval_chapters import is_chapter
+
+    listed = {p.resolve() for p in chapters()}
+    files = {p.resolve() for p in (ROOT / "book").glob("*.md") if is_chapter(p)}
+    assert files - listed == set(), "chapters missing from _toc.yml (they would be neither tangled, tested nor built)"
+    assert listed - files == set(), "_toc.yml names files that are not chapters"

@@ -95,8 +95,21 @@ MATH_STATE_JS = """
       .filter(e => !e.querySelector('mjx-container') && !e.closest('pre, code'))
       .map(e => e.textContent.trim().slice(0, 80)),
   containers: document.querySelectorAll('mjx-container').length,
-  texErrors: Array.from(document.querySelectorAll('mjx-merror'))
-      .map(e => (e.getAttribute('data-mjx-error') || e.textContent).slice(0, 120)),
+  texErrors: (() => {
+    // TeX errors (merror) and undefined macros (shown in red by MathJax's
+    // noundefined extension), from MathJax's own list of typeset math.
+    const errs = [];
+    try {
+      for (const item of MathJax.startup.document.math) {
+        const mml = MathJax.startup.toMML(item.root);
+        if (/<merror|mathcolor="red"/.test(mml)) errs.push(String(item.math).slice(0, 120));
+      }
+    } catch (e) {
+      document.querySelectorAll('mjx-merror').forEach(
+        m => errs.push((m.getAttribute('data-mjx-error') || m.textContent).slice(0, 120)));
+    }
+    return errs;
+  })(),
   hasMathJaxScript: !!document.querySelector('script[src*="mathjax" i]'),
 })
 """
@@ -107,8 +120,14 @@ async (timeoutMs) => {
   const hasScript = !!document.querySelector('script[src*="mathjax" i]');
   const hasMath = document.querySelectorAll('.math').length > 0;
   if (!hasScript && !hasMath) return 'no-mathjax';
-  while (!(window.MathJax && MathJax.startup && MathJax.startup.promise)) {
-    if (Date.now() > deadline) return 'MathJax never started';
+  // MathJax's script is deferred, so after "load" it has run; allow a short
+  // grace period rather than the whole timeout when it failed to load.
+  const started = () => window.MathJax && MathJax.startup && MathJax.startup.promise;
+  const grace = Date.now() + 3000;
+  while (!started()) {
+    if (Date.now() > deadline || (document.readyState === 'complete' && Date.now() > grace))
+      return hasScript ? 'MathJax never started (its script did not load or run)'
+                       : 'page has math but loads no MathJax script';
     await new Promise(r => setTimeout(r, 50));
   }
   const timeout = new Promise(r => setTimeout(() => r('timeout'), Math.max(0, deadline - Date.now())));
@@ -140,7 +159,10 @@ async () => {
 
 SIDEBAR_LINKS_JS = """
 () => {
-  const navs = Array.from(document.querySelectorAll('nav.bd-docs-nav, .bd-sidebar-primary'));
+  // The docs navigation itself; the whole primary sidebar only as a fallback
+  // (it also holds the logo link to the root page, which would hide a gap).
+  let navs = Array.from(document.querySelectorAll('nav.bd-docs-nav'));
+  if (!navs.length) navs = Array.from(document.querySelectorAll('.bd-sidebar-primary'));
   if (!navs.length) return null;
   const hrefs = new Set();
   navs.forEach(n => n.querySelectorAll('a[href]').forEach(a => hrefs.add(a.href)));
@@ -218,13 +240,25 @@ def strip_url(url: str) -> str:
     return url.split("?", 1)[0]
 
 
-def raw_tex_problems(text: str) -> list[str]:
+def raw_tex_problems(text: str, limit: int = 5) -> list[str]:
+    """One problem per place where TeX shows in the text (nearby hits merged)."""
+    hits = sorted((m.start(), m.end(), what)
+                  for pattern, what in RAW_TEX_PATTERNS for m in pattern.finditer(text))
+    groups: list[list] = []  # [start, end, [kinds]]
+    for start, end, what in hits:
+        if groups and start <= groups[-1][1] + 40:
+            groups[-1][1] = max(groups[-1][1], end)
+            groups[-1][2].append(what)
+        else:
+            groups.append([start, end, [what]])
     problems = []
-    for pattern, what in RAW_TEX_PATTERNS:
-        for m in list(pattern.finditer(text))[:3]:
-            start, end = max(0, m.start() - 30), min(len(text), m.end() + 30)
-            snippet = " ".join(text[start:end].split())
-            problems.append(f"raw TeX ({what}) in page text: ...{snippet}...")
+    for start, end, kinds in groups[:limit]:
+        a, b = max(0, start - 30), min(len(text), end + 30)
+        snippet = " ".join(text[a:b].split())
+        kinds = ", ".join(dict.fromkeys(kinds))
+        problems.append(f"raw TeX in page text ({kinds}): ...{snippet}...")
+    if len(groups) > limit:
+        problems.append(f"raw TeX in page text: {len(groups) - limit} more place(s)")
     return problems
 
 
@@ -241,10 +275,10 @@ class PageCheck:
         self.search = search
         self.problems: list[str] = []
         self.blocked: set[str] = set()
+        self.bad_status: set[str] = set()
         self.n_math = 0
         self.n_images = 0
         self.n_results = None
-        self.page = None
 
     # -- event handlers
     def _route(self, route):
@@ -258,9 +292,12 @@ class PageCheck:
             return
         if url not in self.blocked:
             self.blocked.add(url)
+            try:
+                origin = route.request.frame.url
+            except Exception:  # e.g. a worker's request has no frame
+                origin = "?"
             self.problems.append(
-                f"non-local request blocked: {url} "
-                f"({route.request.resource_type}, from {route.request.frame.url})")
+                f"non-local request blocked: {url} ({route.request.resource_type}, from {origin})")
         route.abort("blockedbyclient")
 
     def _console(self, msg):
@@ -269,27 +306,33 @@ class PageCheck:
         loc = msg.location or {}
         if loc.get("url") in self.blocked or any(u in msg.text for u in self.blocked):
             return  # already reported as a blocked non-local request
+        if loc.get("url") in self.bad_status and msg.text.startswith("Failed to load resource"):
+            return  # already reported with its HTTP status
         where = loc.get("url", "")
         if where:
             where = f" (at {where}:{loc.get('lineNumber', '?')})"
         self.problems.append(f"console error: {msg.text}{where}")
 
     def _pageerror(self, err):
-        self.problems.append(f"uncaught page error: {err}")
+        name, message = getattr(err, "name", ""), getattr(err, "message", str(err))
+        text = f"{name}: {message}" if name else message
+        at = [ln.strip() for ln in (getattr(err, "stack", "") or "").splitlines()
+              if ln.strip().startswith("at ")]
+        self.problems.append(f"uncaught page error: {text}" + (f" ({at[0]})" if at else ""))
 
     def _requestfailed(self, request):
-        if request.url in self.blocked:
+        if request.url in self.blocked or request.url in self.bad_status:
             return
         self.problems.append(f"request failed: {request.url} ({request.failure})")
 
     def _response(self, response):
         if response.status >= 400:
+            self.bad_status.add(response.url)
             self.problems.append(f"HTTP {response.status} for {response.url}")
 
     # -- main
     def run(self, screenshot: Path | None = None) -> None:
         page = self.context.new_page()
-        self.page = page
         page.on("console", self._console)
         page.on("pageerror", self._pageerror)
         page.on("requestfailed", self._requestfailed)
@@ -359,7 +402,7 @@ class PageCheck:
         for src in st["unrendered"][:5]:
             self.problems.append(f"math element not typeset: {src!r}")
         for err in st["texErrors"][:5]:
-            self.problems.append(f"MathJax TeX error: {err!r}")
+            self.problems.append(f"MathJax TeX error or undefined macro in: {err!r}")
 
     def _check_images(self, page) -> None:
         res = page.evaluate(IMAGES_JS)
@@ -412,8 +455,14 @@ def main(argv: list[str] | None = None) -> int:
         print("browser_check: 0 passed, 1 failed")
         return 1
     shot_page = args.screenshot_page or (chapters[1] if len(chapters) > 1 else chapters[0])
+    shot_page = shot_page.lstrip("/")
+    if "." not in shot_page.rsplit("/", 1)[-1]:
+        shot_page += ".html"  # book/NAME -> book/NAME.html
 
     from playwright.sync_api import sync_playwright
+
+    if screenshot.is_file():
+        screenshot.unlink()  # never leave a stale picture behind
 
     server = start_server(html)
     base = f"http://127.0.0.1:{server.server_address[1]}/"
@@ -429,15 +478,19 @@ def main(argv: list[str] | None = None) -> int:
             browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
                                          args=CHROMIUM_ARGS)
             try:
-                context = browser.new_context(viewport={"width": 1280, "height": 900},
-                                              service_workers="block")
-                context.set_default_timeout(PAGE_TIMEOUT_MS)
-                context.set_default_navigation_timeout(PAGE_TIMEOUT_MS)
                 for path, kw in jobs:
+                    # A fresh context per page: every page is checked as a first
+                    # visit (empty localStorage/cache), independent of the order.
+                    context = browser.new_context(viewport={"width": 1280, "height": 900},
+                                                  service_workers="block")
+                    context.set_default_timeout(PAGE_TIMEOUT_MS)
+                    context.set_default_navigation_timeout(PAGE_TIMEOUT_MS)
                     check = PageCheck(context, base, path, chapter_urls, **kw)
-                    check.run(screenshot if path == shot_page else None)
-                    if not (html / path.split("?", 1)[0]).is_file():
-                        check.problems.insert(0, f"file missing in {args.html}")
+                    if (html / path.split("?", 1)[0]).is_file():
+                        check.run(screenshot if path == shot_page else None)
+                    else:
+                        check.problems.append(f"page missing: no {path.split('?', 1)[0]} in {html}")
+                    context.close()
                     label = path
                     if kw.get("expect_redirect"):
                         label += f" -> {kw['expect_redirect']}"
@@ -451,17 +504,16 @@ def main(argv: list[str] | None = None) -> int:
                         extra = f", {check.n_results} results" if check.n_results is not None else ""
                         print(f"ok  {label}  ({check.n_math} math, {check.n_images} images{extra})")
                     sys.stdout.flush()
-                context.close()
             finally:
                 browser.close()
     finally:
         server.shutdown()
         server.server_close()
 
-    if shot_page not in chapters:
-        print(f"note: --screenshot-page {shot_page} is not a toc page; no screenshot taken")
-    elif screenshot.is_file():
+    if screenshot.is_file():
         print(f"screenshot of {shot_page}: {screenshot}")
+    else:
+        print(f"note: no screenshot taken ({shot_page} is not a checked page or could not be shown)")
     print(f"({time.monotonic() - t0:.1f} s)")
     print(f"browser_check: {passed} passed, {failed} failed")
     return 1 if failed else 0

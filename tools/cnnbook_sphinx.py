@@ -6,6 +6,10 @@
    stale or missing reference is a build error that names the refresh command.
 2. MathJax is served from the site itself (a copy shipped by the
    ``sphinx-mathjax-offline`` package), so pages make no CDN request.
+3. Inline scripts that Sphinx 7.4 adds twice to every page (sphinx-thebe's and
+   sphinx-togglebutton's; a Sphinx bug fixed upstream in sphinx-doc/sphinx#13402,
+   but jupyter-book 1 pins sphinx 7) are de-duplicated: the doubled
+   ``const THEBE_JS_URL`` is a SyntaxError in the reader's browser.
 """
 from __future__ import annotations
 
@@ -53,6 +57,23 @@ def _copy_mathjax(app, exc):
         shutil.copytree(_mathjax_dir(), target, dirs_exist_ok=True)
 
 
+def _dedupe_scripts(app, pagename, templatename, context, doctree):
+    scripts = context.get("script_files")
+    if not scripts:
+        return
+    seen, unique = set(), []
+    for js in scripts:
+        key = (  # the doubled copy of an inline script has filename None instead of ""
+            getattr(js, "filename", None) or "",
+            getattr(js, "priority", None),
+            tuple(sorted((k, str(v)) for k, v in getattr(js, "attributes", {}).items())),
+        )
+        if key not in seen:
+            seen.add(key)
+            unique.append(js)
+    scripts[:] = unique
+
+
 def _remember_app(app):
     global _app
     _app = app
@@ -62,5 +83,6 @@ def setup(app):
     _remember_app(app)
     app.connect("builder-inited", _remember_app)
     app.connect("build-finished", _copy_mathjax)
+    app.connect("html-page-context", _dedupe_scripts, priority=900)
     _mathjax_dir()  # fail early when the MathJax copy is missing
     return {"parallel_read_safe": True, "parallel_write_safe": True}

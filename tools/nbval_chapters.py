@@ -21,7 +21,7 @@ import pytest
 from nbval.kernel import CURRENT_ENV_KERNEL_NAME
 from nbval.plugin import IPyNbFile
 
-from chapters import ChapterError, kernel_environment, rel, with_reference_outputs
+from chapters import ChapterError, chapters, kernel_environment, rel, with_reference_outputs
 
 SANITIZE = Path(__file__).resolve().parent / "nbval_sanitize.cfg"
 KERNEL = "python3"
@@ -101,6 +101,19 @@ def pytest_collect_file(file_path, parent):
     if getattr(opt, "nbval", False) or getattr(opt, "nbval_lax", False):
         if file_path.suffix == ".ipynb":
             return None  # nbval's own collector handles notebooks
-    if is_chapter(Path(file_path)):
+    path = Path(file_path).resolve()
+    if not is_chapter(path):
+        return None
+    # A directory run (pytest book/) takes the chapters of the book, i.e. those in
+    # _toc.yml; a chapter named on the command line is always taken.
+    named = {Path(arg.split("::")[0]).resolve() for arg in parent.config.args}
+    if path in named or path in _toc_chapters():
         return MystChapter.from_parent(parent, path=file_path)
     return None
+
+
+def _toc_chapters() -> set:
+    try:
+        return {p.resolve() for p in chapters()}
+    except FileNotFoundError:
+        return set()

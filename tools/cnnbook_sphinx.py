@@ -6,7 +6,10 @@
    stale or missing reference is a build error that names the refresh command.
 2. MathJax is served from the site itself (a copy shipped by the
    ``sphinx-mathjax-offline`` package), so pages make no CDN request.
-3. Inline scripts that Sphinx 7.4 adds twice to every page (sphinx-thebe's and
+3. Every exported cell is labelled with the module it is tangled into (styled by
+   _static/cnnbook.css, which Jupyter Book links on every page), so a
+   reader sees which code is the package and which is demonstration.
+4. Inline scripts that Sphinx 7.4 adds twice to every page (sphinx-thebe's and
    sphinx-togglebutton's; a Sphinx bug fixed upstream in sphinx-doc/sphinx#13402,
    but jupyter-book 1 pins sphinx 7) are de-duplicated: the doubled
    ``const THEBE_JS_URL`` is a SyntaxError in the reader's browser.
@@ -57,6 +60,25 @@ def _copy_mathjax(app, exc):
         shutil.copytree(_mathjax_dir(), target, dirs_exist_ok=True)
 
 
+def _label_exported_cells(app, doctree):
+    from docutils import nodes
+
+    for cell in list(doctree.findall(nodes.container)):
+        if cell.get("nb_element") != "cell_code":
+            continue
+        tags = (cell.get("cell_metadata") or {}).get("tags", [])
+        modules = [t.split(":", 1)[1] for t in tags if str(t).startswith("export:")]
+        if not modules:
+            continue
+        module = modules[0]
+        target = "src/cnnbook/" + ("__init__.py" if module == "cnnbook" else module.split(".", 1)[1] + ".py")
+        label = nodes.paragraph("", "", classes=["cnnbook-export"])
+        label += nodes.Text("Exported to ")
+        label += nodes.literal(module, module)
+        label += nodes.Text(f" ({target})")
+        cell.parent.insert(cell.parent.index(cell), label)
+
+
 def _dedupe_scripts(app, pagename, templatename, context, doctree):
     scripts = context.get("script_files")
     if not scripts:
@@ -84,5 +106,6 @@ def setup(app):
     app.connect("builder-inited", _remember_app)
     app.connect("build-finished", _copy_mathjax)
     app.connect("html-page-context", _dedupe_scripts, priority=900)
+    app.connect("doctree-read", _label_exported_cells)
     _mathjax_dir()  # fail early when the MathJax copy is missing
     return {"parallel_read_safe": True, "parallel_write_safe": True}

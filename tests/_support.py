@@ -17,6 +17,21 @@ if str(TOOLS) not in sys.path:
     sys.path.insert(0, str(TOOLS))
 
 
+# The front matter every chapter starts with (jupytext MyST notebook, python3 kernel).
+CHAPTER_HEADER = """\
+---
+jupytext:
+  text_representation:
+    extension: .md
+    format_name: myst
+kernelspec:
+  display_name: Python 3
+  language: python
+  name: python3
+---
+"""
+
+
 def skip_or_fail(reason: str):
     """Skip, unless CNNBOOK_REQUIRE_ALL is set (as tools/test.sh and CI do): then fail."""
     if os.environ.get("CNNBOOK_REQUIRE_ALL"):

@@ -8,23 +8,13 @@ import textwrap
 
 import pytest
 
-from _support import ROOT, TOOLS
+from _support import CHAPTER_HEADER, ROOT, TOOLS
 
 from chapters import reference_json, reference_path
 from refresh_outputs import execute
 
-CHAPTER = textwrap.dedent(
+CHAPTER = CHAPTER_HEADER + textwrap.dedent(
     """\
-    ---
-    jupytext:
-      text_representation:
-        extension: .md
-        format_name: myst
-    kernelspec:
-      display_name: Python 3
-      language: python
-      name: python3
-    ---
 
     # A fixture chapter
 

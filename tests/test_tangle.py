@@ -6,25 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from _support import ROOT
+from _support import CHAPTER_HEADER as HEADER, ROOT
 
 import tangle
 from chapters import ChapterError
 
-HEADER = textwrap.dedent(
-    """\
-    ---
-    jupytext:
-      text_representation:
-        extension: .md
-        format_name: myst
-    kernelspec:
-      display_name: Python 3
-      language: python
-      name: python3
-    ---
-    """
-)
 
 
 def cell(source, tags=None):

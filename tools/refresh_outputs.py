@@ -33,6 +33,19 @@ from chapters import (  # noqa: E402
 )
 
 
+def merge_streams(outputs):
+    """Join consecutive stdout (or stderr) outputs: how a cell's printing is split into
+    messages depends on timing, and the reference should not."""
+    merged = []
+    for out in outputs:
+        prev = merged[-1] if merged else None
+        if out.output_type == "stream" and prev is not None and prev.output_type == "stream" and prev.name == out.name:
+            prev.text += out.text
+        else:
+            merged.append(out)
+    return merged
+
+
 def execute(chapter: Path, root: Path = ROOT):
     """Run a chapter in a fresh kernel; return the reference notebook (code cells + outputs)."""
     import nbformat
@@ -60,6 +73,8 @@ def execute(chapter: Path, root: Path = ROOT):
     finally:
         if km.is_alive():
             km.shutdown_kernel(now=True)
+    for cell in ref.cells:
+        cell.outputs = merge_streams(cell.outputs)
     ref.metadata["cnnbook"] = {
         "chapter": rel(chapter),
         "code_digest": source_digest([c.source for c in ref.cells]),

@@ -151,7 +151,10 @@ class FullyConnectedNet:
     reg : strength of the L2 penalty 0.5 * reg * sum_i sum(W{i}**2).
     weight_scale : standard deviation of the initial weights, W{i} = weight_scale * N(0, 1).
     dtype : floating-point type of the parameters and of the computation (float64 for gradient checks).
-    seed : seeds the initial weights (``np.random.default_rng(seed)``) and, if given, dropout.
+    seed : seeds the initial weights (``np.random.default_rng(seed)``). If given, it is also
+        stored in ``dropout_param``, so dropout draws the *same* mask at every call (cs231n's
+        convention, which gradient checks need). To train with dropout, delete
+        ``model.dropout_param['seed']`` and seed ``np.random`` instead (see the Dropout chapter).
     """
 
     def __init__(

@@ -3,7 +3,7 @@
 # Chapters: book/fc_nets.md
 
 
-# ---- book/fc_nets.md:802 ----
+# ---- book/fc_nets.md:805 ----
 import numpy as np
 
 

@@ -3,7 +3,7 @@
 # Chapters: book/fc_nets.md
 
 
-# ---- book/fc_nets.md:591 ----
+# ---- book/fc_nets.md:594 ----
 import os
 import pickle
 

@@ -21,6 +21,7 @@ import shutil
 from pathlib import Path
 
 from chapters import ChapterError, code_cells, with_reference_outputs
+from tangle import exported_module, module_path
 
 _app = None  # the running Sphinx application, for the reader below
 
@@ -67,11 +68,10 @@ def _label_exported_cells(app, doctree):
         if cell.get("nb_element") != "cell_code":
             continue
         tags = (cell.get("cell_metadata") or {}).get("tags", [])
-        modules = [t.split(":", 1)[1] for t in tags if str(t).startswith("export:")]
+        modules = [m for m in map(exported_module, tags) if m]
         if not modules:
             continue
-        module = modules[0]
-        target = "src/cnnbook/" + ("__init__.py" if module == "cnnbook" else module.split(".", 1)[1] + ".py")
+        module, target = modules[0], module_path(modules[0])
         label = nodes.paragraph("", "", classes=["cnnbook-export"])
         label += nodes.Text("Exported to ")
         label += nodes.literal(module, module)

@@ -18,7 +18,6 @@ from pathlib import Path
 from unittest import mock
 
 import pytest
-from nbval.kernel import CURRENT_ENV_KERNEL_NAME
 from nbval.plugin import IPyNbFile
 
 from chapters import ChapterError, chapters, kernel_environment, rel, with_reference_outputs

@@ -106,8 +106,8 @@ def collect(root: Path = ROOT) -> dict[str, Module]:
             if len(tags) > 1:
                 errors.append(f"{where}: a cell may be exported to one module only, found tags {tags}")
                 continue
-            match = _MODULE.fullmatch(tags[0])
-            if not match:
+            module_name = exported_module(tags[0])
+            if module_name is None:
                 errors.append(
                     f"{where}: export tag {tags[0]!r} must name a module of the {PACKAGE} package, "
                     f"like 'export:cnnbook.layers' (one level below cnnbook)"
@@ -117,16 +117,16 @@ def collect(root: Path = ROOT) -> dict[str, Module]:
                 tree = ast.parse(cell.source)
             except SyntaxError as exc:
                 errors.append(
-                    f"{chapter}:{line + (exc.lineno or 1) - 1}: the cell exported to {match[1]} "
+                    f"{chapter}:{line + (exc.lineno or 1) - 1}: the cell exported to {module_name} "
                     f"is not valid Python: {exc.msg}"
                 )
                 continue
-            module = modules.setdefault(match[1], Module(match[1]))
+            module = modules.setdefault(module_name, Module(module_name))
             for name, lineno, _kind in _top_level_definitions(tree):
                 here = f"{chapter}:{line + lineno - 1}"
                 if name in module.defined:
                     errors.append(
-                        f"{here}: {name!r} is defined again in {match[1]}; it is already defined at "
+                        f"{here}: {name!r} is defined again in {module_name}; it is already defined at "
                         f"{module.defined[name]} (one definition per name: keep one, import it elsewhere)"
                     )
                 else:
@@ -147,6 +147,12 @@ def collect(root: Path = ROOT) -> dict[str, Module]:
     if errors:
         raise ChapterError("\n".join(errors))
     return modules
+
+
+def exported_module(tag: str):
+    """The module an export tag names (``export:cnnbook.layers`` -> ``cnnbook.layers``), else None."""
+    match = _MODULE.fullmatch(str(tag))
+    return match[1] if match else None
 
 
 def module_path(name: str) -> str:

@@ -15,6 +15,9 @@ import pytest
 
 from cnnbook import data
 
+# The synthetic copies are not the official CIFAR-10; the loader says so (tested below).
+pytestmark = pytest.mark.filterwarnings("ignore:this CIFAR-10 copy is not the official:UserWarning")
+
 N_PER_BATCH = 20  # 5 training batches -> 100 training images
 N_TEST = 20
 
@@ -414,3 +417,106 @@ def test_get_cifar10_data_more_than_the_copy_holds(synthetic):
         data.get_cifar10_data(num_training=90, num_validation=20, num_test=5, root=folder)
     with pytest.raises(ValueError, match="exceeds the 20 test images"):
         data.get_cifar10_data(num_training=10, num_validation=10, num_test=30, root=folder)
+
+
+# ------------------------------------------------------------------ which copy
+
+def test_official_md5_table_is_the_published_one():
+    # The per-file MD5s of cifar-10-batches-py published with the dataset (torchvision checks them).
+    assert data.CIFAR10_FILE_MD5 == {
+        "data_batch_1": "c99cafc152244af753f735de768cd75f",
+        "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+        "data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
+        "data_batch_4": "634d18415352ddfa80567beed471001a",
+        "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
+        "test_batch": "40351d587109b95175f43aff81a1287e",
+        "batches.meta": "5ff9c542aee3614f3951f8cda6e48888",
+    }
+
+
+def test_official_copy_is_recognised(synthetic, monkeypatch):
+    folder, _ = synthetic
+    real = data._file_digests
+
+    def published(path, *args):  # each file hashes to its published MD5
+        return data.CIFAR10_FILE_MD5[path.name], real(path)[1]
+
+    monkeypatch.setattr(data, "_file_digests", published)
+    monkeypatch.setattr(data, "_FINGERPRINTS", {})
+    assert data.cifar10_fingerprint(folder) == "official"
+
+
+def test_official_needs_every_file(synthetic, monkeypatch):
+    folder, _ = synthetic
+    real = data._file_digests
+    monkeypatch.setattr(data, "_file_digests",
+                        lambda path, *a: (data.CIFAR10_FILE_MD5[path.name], real(path)[1]))
+    monkeypatch.setattr(data, "_FINGERPRINTS", {})
+    (folder / "batches.meta").unlink()
+    assert data.cifar10_fingerprint(folder).startswith("sha256:")
+
+
+def test_other_copy_is_named_by_content(synthetic, tmp_path):
+    folder, _ = synthetic
+    fp = data.cifar10_fingerprint(folder)
+    assert fp.startswith("sha256:") and len(fp) == len("sha256:") + 16
+    int(fp[len("sha256:"):], 16)
+    twin = tmp_path / "twin"
+    shutil.copytree(folder, twin / data.CIFAR10_FOLDER)
+    assert data.cifar10_fingerprint(twin) == fp  # the same bytes elsewhere: the same name
+    other, _ = make_cifar(tmp_path / "other", seed=1)
+    assert data.cifar10_fingerprint(other) != fp
+
+
+def test_fingerprint_is_cached_until_a_file_changes(synthetic, monkeypatch):
+    folder, _ = synthetic
+    calls = []
+    real = data._file_digests
+    monkeypatch.setattr(data, "_file_digests", lambda path, *a: calls.append(path.name) or real(path))
+    first = data.cifar10_fingerprint(folder)
+    assert len(calls) == 7
+    assert data.cifar10_fingerprint(folder) == first and len(calls) == 7  # no re-hashing
+    path = folder / "test_batch"
+    blob = bytearray(path.read_bytes())
+    blob[-10] ^= 1  # one bit of one image's data
+    path.write_bytes(bytes(blob))
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    changed = data.cifar10_fingerprint(folder)
+    assert len(calls) == 14 and changed != first
+
+
+def test_fingerprint_without_data_names_the_fix(isolated_env):
+    with pytest.raises(data.DatasetUnavailableError, match="download=False"):
+        data.cifar10_fingerprint()
+
+
+def test_loading_another_copy_warns_once_and_records_it(synthetic, monkeypatch):
+    folder, arrays = synthetic
+    monkeypatch.setattr(data, "_WARNED", set())
+    monkeypatch.setattr(data, "_LOADED", {})
+    fp = data.cifar10_fingerprint(folder)
+    with pytest.warns(UserWarning, match=f"not the official one.*{fp}") as record:
+        assert_equal_arrays(data.load_cifar10(folder), arrays)
+    assert record[0].filename == __file__  # attributed to the caller, not to cnnbook.data
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        data.load_cifar10(folder)  # the second time: no warning
+    assert data.loaded_fingerprints() == [fp]
+
+
+def test_loading_the_official_copy_does_not_warn(synthetic, monkeypatch):
+    folder, _ = synthetic
+    real = data._file_digests
+    monkeypatch.setattr(data, "_file_digests",
+                        lambda path, *a: (data.CIFAR10_FILE_MD5[path.name], real(path)[1]))
+    monkeypatch.setattr(data, "_FINGERPRINTS", {})
+    monkeypatch.setattr(data, "_LOADED", {})
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        data.load_cifar10(folder)
+    assert data.loaded_fingerprints() == ["official"]

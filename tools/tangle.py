@@ -11,11 +11,32 @@ jupytext in the order of ``_toc.yml``; within a module the blocks keep that
 order.  Every generated file starts with a banner naming its chapters, and every
 block is preceded by a comment naming the chapter file and line it came from.
 
+Classes across cells: in an exported cell, a top-level function decorated with
+``@add_to_class(Name)`` (``cnnbook.utils.add_to_class``, which in the notebook
+attaches the function to the class) is a *method* of class ``Name``.  ``Name`` must
+be a top-level ``class Name`` statement of an earlier exported cell of the same
+module.  The tangler moves the method (its source without the ``add_to_class``
+line, with any other decorators and the comment lines directly above it) into
+the body of that class: after the end of the class statement, indented like the
+class body, after a blank line and a ``# ---- chapter:line ----`` comment.
+Methods of later cells follow in book order; the rest of each cell stays where
+it is.  The package thus has ordinary classes and no ``add_to_class`` call.
+Methods are not module-level names.  The lines of multi-line string literals
+(other than docstrings) are moved without re-indenting them, so their values
+do not change.
+
 Errors (each names the chapter and line): an export tag naming a module outside
 ``cnnbook``; two export tags on one cell; an exported cell that is not valid
 Python; two exported cells defining the same top-level name in one module; a
 non-exported cell redefining a function or class the package exports (later
-chapters import from ``cnnbook``, they do not redefine).
+chapters import from ``cnnbook``, they do not redefine).  For classes across
+cells: ``add_to_class`` not written as the first decorator ``@add_to_class(Name)``
+of a top-level function, or imported or used otherwise in an exported cell
+(import it in a plain cell); no class ``Name`` in an earlier cell of the same
+module; a method name defined twice for one class (in the class body or by two
+cells); a method using a private ``__name`` (mangled in a class body, not in the
+notebook); a method whose decorators or default values use a name the module
+binds only after the class (they are evaluated where the class is defined).
 """
 from __future__ import annotations
 
@@ -35,6 +56,7 @@ PACKAGE = "cnnbook"
 EXPORT_PREFIX = "export"
 _MODULE = re.compile(r"export:(cnnbook(?:\.[A-Za-z_][A-Za-z0-9_]*)?)")
 _SEPARATOR = "# " + "-" * 4
+ADD_TO_CLASS = "add_to_class"
 
 
 @dataclass
@@ -42,6 +64,31 @@ class Block:
     chapter: str  # chapter path relative to the repository root
     line: int  # 1-based line of the block's first source line in the chapter
     source: str
+    # 0-based indices of the cell's lines that moved into a class (add_to_class methods)
+    moved: set[int] = field(default_factory=set)
+    # 0-based index of the last line of a class statement -> the class name
+    class_ends: dict[int, str] = field(default_factory=dict)
+
+
+@dataclass
+class Method:
+    """An ``@add_to_class`` function, as it is inserted into its class."""
+
+    chapter: str
+    line: int  # chapter line of the first inserted line
+    lines: list[str]  # its source lines, without the add_to_class line
+    keep: set[int]  # indices into lines that must not be re-indented (inside a string)
+
+
+@dataclass
+class ClassInfo:
+    """A top-level class of a module, and the methods later cells add to it."""
+
+    where: str  # "chapter:line" of the class statement
+    position: tuple[int, int]  # (block index, 0-based line of the class's last line)
+    indent: str | None  # indentation of the class body; None if the body is on the class line
+    members: dict[str, str] = field(default_factory=dict)  # name -> "chapter:line"
+    methods: list[Method] = field(default_factory=list)
 
 
 @dataclass
@@ -50,11 +97,53 @@ class Module:
     blocks: list[Block] = field(default_factory=list)
     # top-level name -> "chapter:line" where an exported cell defines it
     defined: dict[str, str] = field(default_factory=dict)
+    classes: dict[str, ClassInfo] = field(default_factory=dict)
+    # top-level name -> (block index, 0-based line) of its first binding (imports included)
+    bound: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+
+def _refers_to_add_to_class(decorator: ast.expr) -> bool:
+    target = decorator.func if isinstance(decorator, ast.Call) else decorator
+    return isinstance(target, ast.Name) and target.id == ADD_TO_CLASS
+
+
+def method_class(node: ast.stmt):
+    """For a top-level statement: ``(class name, None)`` if it is an ``@add_to_class(Name)``
+    function, ``(None, problem)`` if it uses add_to_class wrongly, else ``(None, None)``."""
+    if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        return None, None
+    uses = [i for i, d in enumerate(node.decorator_list) if _refers_to_add_to_class(d)]
+    if not uses:
+        return None, None
+    decorator = node.decorator_list[uses[0]]
+    if uses != [0]:
+        return None, f"@{ADD_TO_CLASS}(...) must be the first (outermost) decorator of {node.name}"
+    if not (
+        isinstance(decorator, ast.Call)
+        and len(decorator.args) == 1
+        and not decorator.keywords
+        and isinstance(decorator.args[0], ast.Name)
+    ):
+        return None, f"write @{ADD_TO_CLASS}(ClassName), naming a class, above {node.name}"
+    return decorator.args[0].id, None
+
+
+def add_to_class_targets(source: str) -> list[str]:
+    """The classes a cell's ``@add_to_class`` methods go to, in order (for the book's labels)."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return []
+    found = (method_class(node)[0] for node in tree.body)
+    return list(dict.fromkeys(name for name in found if name))
 
 
 def _top_level_definitions(tree: ast.Module):
-    """(name, lineno, kind) for each top-level binding that the one-definition rule covers."""
+    """(name, lineno, kind) for each top-level binding that the one-definition rule covers
+    (an ``@add_to_class`` method is not one: it belongs to its class)."""
     for node in tree.body:
+        if method_class(node) != (None, None):
+            continue
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             yield node.name, node.lineno, "def"
         elif isinstance(node, ast.Assign):
@@ -73,6 +162,164 @@ def _parse_loosely(source: str):
         return ast.parse(cleaned)
     except SyntaxError:
         return None
+
+
+def _bindings(node: ast.stmt):
+    """The top-level names a statement binds (imports included)."""
+    if isinstance(node, (ast.Import, ast.ImportFrom)):
+        for alias in node.names:
+            yield (alias.asname or alias.name).split(".")[0]
+    elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        yield node.name
+    else:
+        for sub in ast.walk(node):
+            if isinstance(sub, ast.Name) and isinstance(sub.ctx, ast.Store):
+                yield sub.id
+
+
+def _unindented_lines(node: ast.AST) -> set[int]:
+    """Lines of ``node`` (1-based) inside a multi-line string literal that is not a docstring:
+    indenting them would change the string's value."""
+    docstrings = {
+        id(n.body[0].value)
+        for n in ast.walk(node)
+        if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+        and isinstance(n.body[0], ast.Expr)
+        and isinstance(n.body[0].value, ast.Constant)
+        and isinstance(n.body[0].value.value, str)
+    }
+    keep: set[int] = set()
+
+    def visit(n):
+        string = isinstance(n, ast.Constant) and isinstance(n.value, (str, bytes))
+        if string or isinstance(n, ast.JoinedStr):
+            if id(n) not in docstrings:
+                keep.update(range(n.lineno + 1, n.end_lineno + 1))
+            return
+        for child in ast.iter_child_nodes(n):
+            visit(child)
+
+    visit(node)
+    return keep
+
+
+def _add_method(module: Module, block: Block, node, cls: str, start: int, lines: list[str]):
+    """Attach an ``@add_to_class(cls)`` function (cell lines ``start``..its end, 1-based) to its
+    class; return the error messages."""
+    here = f"{block.chapter}:{block.line + node.lineno - 1}"
+    info = module.classes.get(cls)
+    if info is None:
+        return [
+            f"{here}: {ADD_TO_CLASS}({cls}): no class {cls} defined earlier in {module.name} "
+            f"(a method goes to a class that an earlier cell exported to the same module defines)"
+        ]
+    if info.indent is None:
+        return [f"{here}: {ADD_TO_CLASS}({cls}): the body of class {cls} ({info.where}) must start "
+                f"on a line of its own"]
+    if node.name in info.members:
+        return [
+            f"{here}: method {node.name!r} of class {cls} is defined again; it is already "
+            f"defined at {info.members[node.name]} (one definition per method: keep one)"
+        ]
+    info.members[node.name] = here
+    errors = []
+    names = {getattr(n, a, None) for n in ast.walk(node) for a in ("id", "attr", "name", "arg")}
+    private = sorted(
+        n for n in names if isinstance(n, str) and n.startswith("__") and not n.endswith("__")
+    )
+    if private:
+        errors.append(
+            f"{here}: method {node.name!r} of class {cls} uses the private name {private[0]!r}, "
+            f"which Python mangles in a class body but not in the notebook; use one underscore"
+        )
+    # Decorators and default values are evaluated where the method is defined: in the class body.
+    evaluated = node.decorator_list[1:] + node.args.defaults + node.args.kw_defaults
+    used = {n.id for e in evaluated if e for n in ast.walk(e) if isinstance(n, ast.Name)}
+    for name in sorted(used):
+        if name == cls or module.bound.get(name, (-1, -1)) > info.position:
+            errors.append(
+                f"{here}: method {node.name!r} of class {cls} uses {name!r} in a decorator or "
+                f"default value, but {module.name} defines {name!r} only after class {cls} "
+                f"({info.where}), where the method goes; define it before the class"
+            )
+    decorator = node.decorator_list[0]
+    dropped = range(decorator.lineno, decorator.end_lineno + 1)
+    numbers = [k for k in range(start, node.end_lineno + 1) if k not in dropped]
+    keep = _unindented_lines(node)
+    info.methods.append(Method(
+        block.chapter,
+        block.line + numbers[0] - 1,
+        [lines[k - 1] for k in numbers],
+        {i for i, k in enumerate(numbers) if k in keep},
+    ))
+    end = node.end_lineno  # the method leaves the cell with the blank lines after it
+    while end < len(lines) and not lines[end].strip():
+        end += 1
+    block.moved.update(range(start - 1, end))
+    return errors
+
+
+def _add_exported_cell(module: Module, block: Block, tree: ast.Module) -> list[str]:
+    """Append an exported cell to its module: move its ``@add_to_class`` methods into their
+    classes, record its classes and bindings; return the error messages."""
+    index, lines, errors = len(module.blocks), block.source.split("\n"), []
+    module.blocks.append(block)
+
+    def where(lineno):
+        return f"{block.chapter}:{block.line + lineno - 1}"
+
+    decorators: set[int] = set()  # ids of the nodes of add_to_class decorators (checked there)
+    classes = []
+    previous_end = 0
+    for node in tree.body:
+        cls, problem = method_class(node)
+        if cls or problem:
+            decorators.update(id(n) for d in node.decorator_list for n in ast.walk(d))
+        if problem:
+            errors.append(f"{where(node.lineno)}: {problem}")
+        elif cls:
+            start = min([d.lineno for d in node.decorator_list] + [node.lineno])
+            while start - 1 > previous_end and lines[start - 2].lstrip().startswith("#"):
+                start -= 1  # comment lines directly above belong to the method
+            errors.extend(_add_method(module, block, node, cls, start, lines))
+        else:
+            for name in _bindings(node):
+                module.bound.setdefault(name, (index, node.lineno - 1))
+            if isinstance(node, ast.ClassDef):
+                classes.append(node)
+        previous_end = node.end_lineno
+    for node in ast.walk(tree):
+        here = where(getattr(node, "lineno", 1))
+        if isinstance(node, ast.Name) and node.id == ADD_TO_CLASS and id(node) not in decorators:
+            errors.append(
+                f"{here}: {ADD_TO_CLASS} is used in a cell exported to {module.name}; there it may "
+                f"only decorate top-level functions: @{ADD_TO_CLASS}(ClassName)"
+            )
+        elif isinstance(node, (ast.Import, ast.ImportFrom)) and any(
+            alias.name == ADD_TO_CLASS for alias in node.names
+        ):
+            errors.append(
+                f"{here}: {ADD_TO_CLASS} is imported in a cell exported to {module.name}; import "
+                f"it in a plain cell (the package does not need it: the tangler moves the methods "
+                f"into their class)"
+            )
+    for node in classes:
+        if node.name in module.classes:
+            continue  # a second definition: the one-definition rule reports it
+        first = lines[node.body[0].lineno - 1]
+        indent = first[: len(first) - len(first.lstrip())]
+        if node.body[0].lineno == node.lineno:
+            indent = None  # class C: pass
+        info = ClassInfo(where(node.lineno), (index, node.end_lineno - 1), indent)
+        for stmt in node.body:
+            if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                info.members.setdefault(stmt.name, where(stmt.lineno))
+            elif isinstance(stmt, (ast.Assign, ast.AnnAssign)):
+                for name in _bindings(stmt):
+                    info.members.setdefault(name, where(stmt.lineno))
+        module.classes[node.name] = info
+        block.class_ends[node.end_lineno - 1] = node.name
+    return errors
 
 
 def collect(root: Path = ROOT) -> dict[str, Module]:
@@ -131,7 +378,7 @@ def collect(root: Path = ROOT) -> dict[str, Module]:
                     )
                 else:
                     module.defined[name] = here
-            module.blocks.append(Block(chapter, line, cell.source))
+            errors.extend(_add_exported_cell(module, Block(chapter, line, cell.source), tree))
 
     exported = {}
     for module in modules.values():
@@ -170,17 +417,45 @@ def render(module: Module) -> str:
         "# Chapters: " + ", ".join(sources),
     ]
     for block in module.blocks:
+        text = _render_block(module, block)
+        if block.moved and not text.strip():
+            continue  # the cell held only methods, which are now in their classes
         out.append("")
         out.append("")
         out.append(f"{_SEPARATOR} {block.chapter}:{block.line} {'-' * 4}")
-        out.append(block.source.strip("\n"))
+        out.append(text)
     return "\n".join(out) + "\n"
+
+
+def _render_block(module: Module, block: Block) -> str:
+    """A cell's source without its methods, and with the methods of its classes inserted
+    after the end of each class statement."""
+    out = []
+    for i, text in enumerate(block.source.split("\n")):
+        if i not in block.moved:
+            out.append(text)
+        if i in block.class_ends:
+            info = module.classes[block.class_ends[i]]
+            for method in info.methods:
+                out.append("")
+                out.append(f"{info.indent}{_SEPARATOR} {method.chapter}:{method.line} {'-' * 4}")
+                for j, line in enumerate(method.lines):
+                    if j not in method.keep:  # lines inside a multi-line string stay as they are
+                        line = info.indent + line if line.strip() else ""
+                    out.append(line)
+    return "\n".join(out).strip("\n")
 
 
 def tangle(root: Path = ROOT) -> dict[str, str]:
     """Map of repository-relative path -> content for every file of the package."""
     modules = collect(root)
     files = {module_path(name): render(mod) for name, mod in sorted(modules.items())}
+    for path, text in files.items():
+        try:
+            ast.parse(text)
+        except SyntaxError as exc:  # every cell parses; a bug of the tangler if their sum does not
+            raise ChapterError(f"{path}:{exc.lineno}: the generated module is not valid Python: "
+                               f"{exc.msg}") from None
     init = module_path(PACKAGE)
     files.setdefault(
         init,

@@ -143,6 +143,24 @@ def test_fc_regularization_term(batch):
         assert np.array_equal(grads1[f"b{i}"], grads0[f"b{i}"])
 
 
+@pytest.mark.parametrize("hidden_dims", [[6, 8], [6, 8, 4, 5]])
+def test_fc_homogeneity_scaling(batch, hidden_dims):
+    """The chapter's scaling argument: with zero biases, weights scaled by a multiply the scores
+    by a**L, and (while the softmax stays uniform, i.e. tiny scores) every weight gradient by
+    a**(L - 1)."""
+    X, y = batch
+    L, a = len(hidden_dims) + 1, 4.0  # a power of two: the scaling of the scores is exact
+    kwargs = dict(input_dim=D, num_classes=C, weight_scale=1e-3, dtype=np.float64, seed=5)
+    net, scaled = FullyConnectedNet(hidden_dims, **kwargs), FullyConnectedNet(hidden_dims, **kwargs)
+    for i in range(1, L + 1):
+        scaled.params[f"W{i}"] = a * net.params[f"W{i}"]
+    assert np.array_equal(scaled.loss(X), a**L * net.loss(X))
+    (_, grads), (_, grads_scaled) = net.loss(X, y), scaled.loss(X, y)
+    for i in range(1, L + 1):
+        expected = a ** (L - 1) * grads[f"W{i}"]
+        assert np.linalg.norm(grads_scaled[f"W{i}"] - expected) < 1e-4 * np.linalg.norm(expected)
+
+
 def test_fc_with_one_hidden_layer_equals_two_layer_net(batch):
     X, y = batch
     two = TwoLayerNet(input_dim=D, hidden_dim=6, num_classes=C, weight_scale=0.5, reg=0.7, seed=3)

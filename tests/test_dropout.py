@@ -14,6 +14,10 @@ def test_train_mode_statistics(p):
     # zeros: standard deviation sqrt(p (1 - p) / n) <= 0.001; mean: <= sqrt(101 * 9 / n) = 0.07
     assert abs(np.mean(out == 0) - (1 - p)) < 0.005
     assert abs(out.mean() - x.mean()) < 0.4
+    # the noise out - x has variance x^2 (1 - p) / p; the ratio below estimates (1 - p) / p with a
+    # standard deviation of at most sqrt(576 / n) = 0.054 (p = 0.1, where (mask - 1)^2 is 81 or 1)
+    noise = np.mean((out - x) ** 2) / np.mean(x**2)
+    assert abs(noise - (1 - p) / p) < 0.3
     kept = out != 0
     assert np.allclose(out[kept], x[kept] / p, rtol=1e-15, atol=0)
     assert set(np.unique(mask)) == {0.0, 1.0 / p}

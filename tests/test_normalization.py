@@ -126,6 +126,41 @@ def test_batchnorm_backward_and_alt_agree():
     assert np.allclose(dx.sum(axis=0), 0, atol=1e-12)  # a constant shift of x changes nothing
 
 
+@pytest.mark.parametrize("eps", [1e-5, 1e-2])
+def test_batchnorm_dx_is_orthogonal_to_xhat_up_to_eps(eps):
+    # the chapter's derivation: sum_k dx_k xhat_k = eps s^3 sum_i dxhat_i xhat_i, per feature
+    rng = np.random.default_rng(6)
+    x = 0.5 * rng.standard_normal((30, 8)) + 2
+    gamma, dout = rng.standard_normal(8), rng.standard_normal((30, 8))
+    _, cache = batchnorm_forward(x, gamma, np.zeros(8), {"mode": "train", "eps": eps})
+    dx = batchnorm_backward_alt(dout, cache)[0]
+    xhat, s = cache["xhat"], cache["inv_std"]
+    expected = eps * s ** 3 * (gamma * dout * xhat).sum(axis=0)
+    assert np.allclose((dx * xhat).sum(axis=0), expected, rtol=1e-8, atol=1e-14)
+
+
+def test_batchnorm_batch_of_two_closed_form():
+    # with N = 2: xhat = ±(sigma s, -sigma s) and dx_1 = -dx_2 = s/2 (dxhat_1 - dxhat_2) eps s^2
+    rng = np.random.default_rng(7)
+    x, gamma, dout = rng.standard_normal((2, 6)), rng.standard_normal(6), rng.standard_normal((2, 6))
+    _, cache = batchnorm_forward(x, gamma, np.zeros(6), {"mode": "train"})
+    s, dxhat = cache["inv_std"], gamma * dout
+    for backward in (batchnorm_backward, batchnorm_backward_alt):
+        dx = backward(dout, cache)[0]
+        assert np.allclose(dx[0], s / 2 * (dxhat[0] - dxhat[1]) * 1e-5 * s ** 2, rtol=1e-6, atol=1e-15)
+        assert np.allclose(dx[1], -dx[0], rtol=1e-6, atol=1e-15)
+
+
+def test_groupnorm_accepts_numpy_integer_groups_and_rejects_bool():
+    x = np.random.default_rng(8).standard_normal((2, 4, 2, 2))
+    ones, zeros = np.ones((1, 4, 1, 1)), np.zeros((1, 4, 1, 1))
+    out_np, cache = spatial_groupnorm_forward(x, ones, zeros, np.int64(2), {})
+    out_py, _ = spatial_groupnorm_forward(x, ones, zeros, 2, {})
+    assert np.array_equal(out_np, out_py) and type(cache["G"]) is int
+    with pytest.raises(ValueError, match=r"got G=True"):
+        spatial_groupnorm_forward(x, ones, zeros, True, {})
+
+
 def test_batchnorm_backward_rejects_wrong_dout_shape():
     _, cache = batchnorm_forward(np.ones((3, 2)), np.ones(2), np.zeros(2), {"mode": "train"})
     for backward in (batchnorm_backward, batchnorm_backward_alt):

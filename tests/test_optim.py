@@ -336,3 +336,18 @@ def test_failed_call_leaves_state_alone(rule):
     assert set(config) == set(snapshot)
     for key, value in snapshot.items():
         assert np.array_equal(config[key], value), key
+
+
+@pytest.mark.parametrize(
+    "rule, keys",
+    [
+        (sgd, ["learning_rate"]),
+        (sgd_momentum, ["learning_rate", "momentum", "velocity"]),
+        (rmsprop, ["learning_rate", "decay_rate", "epsilon", "cache"]),
+        (adam, ["learning_rate", "beta1", "beta2", "epsilon", "m", "v", "t"]),
+    ],
+)
+def test_defaults_are_stored_hyperparameters_first_then_state(rule, keys):
+    """_setup fills config in the order each rule lists its defaults, then the state."""
+    _, config = rule(np.zeros(3), np.ones(3))
+    assert list(config) == keys

@@ -3,7 +3,7 @@
 # Chapters: book/cifar10.md
 
 
-# ---- book/cifar10.md:79 ----
+# ---- book/cifar10.md:87 ----
 """Loading the CIFAR-10 dataset (Krizhevsky, 2009) for the cnnbook chapters."""
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -33,11 +33,8 @@ def _local_copy_hint():
     )
 
 
-# ---- book/cifar10.md:111 ----
+# ---- book/cifar10.md:123 ----
 import pickle
-from pathlib import Path
-
-import numpy as np
 
 # The globals a CIFAR-10 batch may name: the NumPy functions that rebuild an array (under their
 # NumPy 1 and NumPy 2 module names, for pickle protocols 2 to 5) and the codec used by protocol 2.
@@ -66,6 +63,48 @@ class _BatchUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
+# ---- book/cifar10.md:158 ----
+import numpy as np
+
+
+def _check_batch(path, batch):
+    """(data, labels) of an unpickled batch, after checking its keys, shapes, dtypes and labels."""
+    if not isinstance(batch, dict):
+        raise ValueError(f"{path}: expected a pickled dict, found {type(batch).__name__}")
+    for key in ("data", "labels"):
+        if key not in batch:
+            raise ValueError(
+                f"{path}: the batch has no {key!r} entry (keys: {sorted(map(str, batch))})"
+            )
+    data = batch["data"]
+    if (not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2
+            or data.shape[1] != 3072):
+        shape, dtype = np.shape(data), getattr(data, "dtype", type(data).__name__)
+        raise ValueError(
+            f"{path}: 'data' must be a uint8 array of shape (n, 3072), got {dtype} of shape {shape}"
+        )
+    n = data.shape[0]
+    labels = np.asarray(batch["labels"])
+    if n == 0:
+        raise ValueError(f"{path}: the batch holds no images")
+    if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(
+            f"{path}: 'labels' must be {n} integers, got {labels.dtype} of shape {labels.shape}"
+        )
+    if labels.min() < 0 or labels.max() >= len(CLASSES):
+        raise ValueError(
+            f"{path}: labels must lie in 0..{len(CLASSES) - 1}, "
+            f"found {labels.min()}..{labels.max()}"
+        )
+    return data, labels
+
+
+# ---- book/cifar10.md:199 ----
+from pathlib import Path
+
+import numpy as np
+
+
 def load_batch(path):
     """Read one CIFAR-10 batch file (``data_batch_1`` ... ``data_batch_5``, ``test_batch``).
 
@@ -83,31 +122,16 @@ def load_batch(path):
     except OSError:
         raise
     except Exception as exc:  # a truncated or foreign file can fail in many ways
-        raise ValueError(f"{path} is not a readable CIFAR-10 batch (a pickled dict): {exc}") from exc
-    if not isinstance(batch, dict):
-        raise ValueError(f"{path}: expected a pickled dict, found {type(batch).__name__}")
-    for key in ("data", "labels"):
-        if key not in batch:
-            raise ValueError(f"{path}: the batch has no {key!r} entry (keys: {sorted(map(str, batch))})")
-    data = batch["data"]
-    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
-        shape, dtype = np.shape(data), getattr(data, "dtype", type(data).__name__)
-        raise ValueError(f"{path}: 'data' must be a uint8 array of shape (n, 3072), got {dtype} of shape {shape}")
-    n = data.shape[0]
-    labels = np.asarray(batch["labels"])
-    if n == 0:
-        raise ValueError(f"{path}: the batch holds no images")
-    if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"{path}: 'labels' must be {n} integers, got {labels.dtype} of shape {labels.shape}")
-    if labels.min() < 0 or labels.max() >= len(CLASSES):
         raise ValueError(
-            f"{path}: labels must lie in 0..{len(CLASSES) - 1}, found {labels.min()}..{labels.max()}"
-        )
+            f"{path} is not a readable CIFAR-10 batch (a pickled dict): {exc}"
+        ) from exc
+    data, labels = _check_batch(path, batch)
+    n = data.shape[0]
     X = np.ascontiguousarray(data.reshape(n, 3, 32, 32).transpose(0, 2, 3, 1))
     return X, labels.astype(np.int64)
 
 
-# ---- book/cifar10.md:227 ----
+# ---- book/cifar10.md:282 ----
 import os
 from pathlib import Path
 
@@ -129,7 +153,8 @@ def default_cache_dir():
 
 def _missing_files(directory):
     """The batch files absent from ``directory``, in the official order."""
-    return [name for name in TRAIN_BATCHES + (TEST_BATCH,) if not (Path(directory) / name).is_file()]
+    names = TRAIN_BATCHES + (TEST_BATCH,)
+    return [name for name in names if not (Path(directory) / name).is_file()]
 
 
 def _batches_dir(path, source):
@@ -137,7 +162,9 @@ def _batches_dir(path, source):
     path = Path(path).expanduser()
     directory = path / CIFAR10_FOLDER if (path / CIFAR10_FOLDER).is_dir() else path
     if not directory.is_dir():
-        raise FileNotFoundError(f"the CIFAR-10 directory {path} (from {source}) does not exist. {_local_copy_hint()}")
+        raise FileNotFoundError(
+            f"the CIFAR-10 directory {path} (from {source}) does not exist. {_local_copy_hint()}"
+        )
     missing = _missing_files(directory)
     if missing:
         raise FileNotFoundError(
@@ -148,13 +175,12 @@ def _batches_dir(path, source):
     return directory
 
 
-# ---- book/cifar10.md:275 ----
+# ---- book/cifar10.md:337 ----
 import os
 import shutil
 import tarfile
 import tempfile
 from pathlib import Path, PurePosixPath
-from urllib.parse import urlsplit
 
 
 def _safe_members(tar, archive):
@@ -164,21 +190,26 @@ def _safe_members(tar, archive):
         name = member.name
         parts = PurePosixPath(name.replace("\\", "/")).parts
         if name.startswith(("/", "\\")) or os.path.isabs(name) or ".." in parts:
-            raise DatasetUnavailableError(f"refusing to extract {archive}: unsafe member path {name!r}")
+            raise DatasetUnavailableError(
+                f"refusing to extract {archive}: unsafe member path {name!r}"
+            )
         if not (member.isfile() or member.isdir()):
-            raise DatasetUnavailableError(f"refusing to extract {archive}: {name!r} is a link or special file")
+            raise DatasetUnavailableError(
+                f"refusing to extract {archive}: {name!r} is a link or special file"
+            )
     return members
 
 
 def _extract_atomically(archive, cache):
-    """Extract ``archive`` into a temporary directory, then rename its cifar-10-batches-py into ``cache``."""
+    """Extract ``archive`` into a temporary directory, then rename its cifar-10-batches-py into
+    ``cache``."""
     target = cache / CIFAR10_FOLDER
     tmp = Path(tempfile.mkdtemp(prefix=".cifar10-extract-", dir=cache))
     try:
         try:
             with tarfile.open(archive, "r:*") as tar:
                 members = _safe_members(tar, archive)
-                if hasattr(tarfile, "data_filter"):  # Python >= 3.12, and 3.9-3.11 security releases
+                if hasattr(tarfile, "data_filter"):  # Python >= 3.12, 3.9-3.11 security releases
                     tar.extractall(tmp, members=members, filter="data")
                 else:
                     tar.extractall(tmp, members=members)
@@ -186,7 +217,9 @@ def _extract_atomically(archive, cache):
             raise DatasetUnavailableError(f"could not extract {archive}: {exc}") from exc
         missing = _missing_files(tmp / CIFAR10_FOLDER)
         if missing:
-            raise DatasetUnavailableError(f"{archive} does not contain {CIFAR10_FOLDER}/{missing[0]}")
+            raise DatasetUnavailableError(
+                f"{archive} does not contain {CIFAR10_FOLDER}/{missing[0]}"
+            )
         try:
             os.replace(tmp / CIFAR10_FOLDER, target)
         except OSError:
@@ -195,6 +228,54 @@ def _extract_atomically(archive, cache):
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+# ---- book/cifar10.md:397 ----
+from urllib.parse import urlsplit
+
+
+def _download(cache, url, md5, downloader):
+    """Download ``url`` to ``cache/cifar-10-python.tar.gz`` with pooch, checking its md5."""
+    try:
+        import pooch
+    except ImportError as exc:
+        raise ImportError(
+            "downloading CIFAR-10 needs the optional dependency pooch: "
+            "pip install 'cnnbook[data]'. " + _local_copy_hint()
+        ) from exc
+    schemes = ("http", "https", "ftp", "sftp", "doi")
+    if downloader is None and urlsplit(url).scheme.lower() not in schemes:
+        raise ValueError(
+            f"pooch cannot download {url!r}: pass a downloader, or point {CIFAR10_ENV} at a "
+            "local copy"
+        )
+    cache.mkdir(parents=True, exist_ok=True)
+    archive = cache / CIFAR10_ARCHIVE
+    try:
+        import tqdm  # noqa: F401  (pooch's progress bar needs it)
+
+        progressbar = True
+    except ImportError:
+        progressbar = False
+    try:
+        pooch.retrieve(url, known_hash="md5:" + md5, fname=CIFAR10_ARCHIVE, path=cache,
+                       downloader=downloader, progressbar=progressbar)
+    except ValueError as exc:  # pooch's hash mismatch; it has deleted the download
+        raise ChecksumError(
+            f"the CIFAR-10 archive downloaded from {url} to {archive} failed its md5 checksum "
+            f"(expected {md5}); the corrupt download was deleted, so calling again retries it. "
+            f"Details: {exc}. {_local_copy_hint()}"
+        ) from exc
+    except Exception as exc:
+        raise DatasetUnavailableError(
+            f"could not download CIFAR-10 from {url} ({type(exc).__name__}: {exc}). "
+            f"{_local_copy_hint()}"
+        ) from exc
+    return archive
+
+
+# ---- book/cifar10.md:446 ----
+from pathlib import Path
 
 
 def fetch_cifar10(cache_dir=None, url=CIFAR10_URL, md5=CIFAR10_MD5, downloader=None):
@@ -214,51 +295,17 @@ def fetch_cifar10(cache_dir=None, url=CIFAR10_URL, md5=CIFAR10_MD5, downloader=N
         missing = _missing_files(target)
         if missing:
             raise DatasetUnavailableError(
-                f"{target} exists but has no {missing[0]}; delete the directory to download CIFAR-10 again"
+                f"{target} exists but has no {missing[0]}; delete the directory to download "
+                "CIFAR-10 again"
             )
         return target
-    try:
-        import pooch
-    except ImportError as exc:
-        raise ImportError(
-            "downloading CIFAR-10 needs the optional dependency pooch: pip install 'cnnbook[data]'. "
-            + _local_copy_hint()
-        ) from exc
-    if downloader is None and urlsplit(url).scheme.lower() not in ("http", "https", "ftp", "sftp", "doi"):
-        raise ValueError(f"pooch cannot download {url!r}: pass a downloader, or point {CIFAR10_ENV} at a local copy")
-    cache.mkdir(parents=True, exist_ok=True)
-    archive = cache / CIFAR10_ARCHIVE
-    try:
-        import tqdm  # noqa: F401  (pooch's progress bar needs it)
-
-        progressbar = True
-    except ImportError:
-        progressbar = False
-    try:
-        pooch.retrieve(
-            url,
-            known_hash="md5:" + md5,
-            fname=CIFAR10_ARCHIVE,
-            path=cache,
-            downloader=downloader,
-            progressbar=progressbar,
-        )
-    except ValueError as exc:  # pooch's hash mismatch; it has deleted the download
-        raise ChecksumError(
-            f"the CIFAR-10 archive downloaded from {url} to {archive} failed its md5 checksum "
-            f"(expected {md5}); the corrupt download was deleted, so calling again retries it. "
-            f"Details: {exc}. {_local_copy_hint()}"
-        ) from exc
-    except Exception as exc:
-        raise DatasetUnavailableError(
-            f"could not download CIFAR-10 from {url} ({type(exc).__name__}: {exc}). {_local_copy_hint()}"
-        ) from exc
+    archive = _download(cache, url, md5, downloader)
     target = _extract_atomically(archive, cache)
     archive.unlink(missing_ok=True)
     return target
 
 
-# ---- book/cifar10.md:390 ----
+# ---- book/cifar10.md:482 ----
 import os
 
 import numpy as np
@@ -282,7 +329,8 @@ def find_cifar10(root=None, download=True):
         return _batches_dir(cache / CIFAR10_FOLDER, "the download cache")
     if not download:
         raise DatasetUnavailableError(
-            f"CIFAR-10 is not in the download cache {cache}, and download=False. {_local_copy_hint()}"
+            f"CIFAR-10 is not in the download cache {cache}, and download=False. "
+            + _local_copy_hint()
         )
     return fetch_cifar10(cache)
 
@@ -298,6 +346,7 @@ def load_cifar10(root=None, download=True):
     y_test : int64 array (10000,)
     """
     directory = find_cifar10(root, download)
+    _note_copy(directory)  # which copy this is; warns once if it is not the official one
     batches = [load_batch(directory / name) for name in TRAIN_BATCHES]
     X_train = np.concatenate([X for X, _ in batches])
     y_train = np.concatenate([y for _, y in batches])
@@ -305,9 +354,127 @@ def load_cifar10(root=None, download=True):
     return X_train, y_train, X_test, y_test
 
 
-# ---- book/cifar10.md:598 ----
+# ---- book/cifar10.md:549 ----
+import hashlib
+from pathlib import Path
+
+#: MD5 of each file of the official cifar-10-batches-py (the list torchvision checks).
+CIFAR10_FILE_MD5 = {
+    "data_batch_1": "c99cafc152244af753f735de768cd75f",
+    "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+    "data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
+    "data_batch_4": "634d18415352ddfa80567beed471001a",
+    "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
+    "test_batch": "40351d587109b95175f43aff81a1287e",
+    "batches.meta": "5ff9c542aee3614f3951f8cda6e48888",
+}
+_FINGERPRINTS = {}  # resolved directory -> (files' names, sizes and mtimes, fingerprint)
+_LOADED = {}  # directory -> fingerprint, for every copy load_cifar10 has read in this process
+_WARNED = set()  # fingerprints already warned about
+
+
+def _file_digests(path, chunk=1 << 22):
+    """(md5, sha256) hex digests of a file, read once."""
+    md5, sha256 = hashlib.md5(), hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            md5.update(block)
+            sha256.update(block)
+    return md5.hexdigest(), sha256.hexdigest()
+
+
+def _fingerprint(directory):
+    """The fingerprint of the copy in ``directory`` (cached until a file changes)."""
+    directory = Path(directory).resolve()
+    names = [name for name in CIFAR10_FILE_MD5 if (directory / name).is_file()]
+    stats = [(directory / name).stat() for name in names]
+    signature = tuple((n, st.st_size, st.st_mtime_ns) for n, st in zip(names, stats))
+    cached = _FINGERPRINTS.get(directory)
+    if cached is not None and cached[0] == signature:
+        return cached[1]
+    digests = {name: _file_digests(directory / name) for name in names}
+    if all(digests.get(name, ("",))[0] == md5 for name, md5 in CIFAR10_FILE_MD5.items()):
+        fingerprint = "official"
+    else:
+        listing = "".join(f"{name} {sha}\n" for name, (_, sha) in sorted(digests.items()))
+        fingerprint = "sha256:" + hashlib.sha256(listing.encode()).hexdigest()[:16]
+    _FINGERPRINTS[directory] = (signature, fingerprint)
+    return fingerprint
+
+
+# ---- book/cifar10.md:602 ----
+import sys
+import warnings
+
+
+def cifar10_fingerprint(root=None):
+    """Which copy of CIFAR-10 ``find_cifar10(root, download=False)`` finds.
+
+    Returns ``"official"`` if every file (the five training batches, ``test_batch`` and
+    ``batches.meta``) has its published MD5, else ``"sha256:"`` followed by 16 hex digits of a
+    hash of the files' contents. Cached per directory; recomputed when a file's size or
+    modification time changes.
+    """
+    return _fingerprint(find_cifar10(root, download=False))
+
+
+def loaded_fingerprints():
+    """The fingerprints of the CIFAR-10 copies ``load_cifar10`` has read in this process."""
+    return sorted(set(_LOADED.values()))
+
+
+def _note_copy(directory):
+    """Record which copy ``load_cifar10`` reads; warn once per copy that is not the official one."""
+    fingerprint = _fingerprint(directory)
+    _LOADED[str(directory)] = fingerprint
+    if fingerprint != "official" and fingerprint not in _WARNED:
+        _WARNED.add(fingerprint)
+        level, frame = 2, sys._getframe(1)  # stack level 2 is _note_copy's caller
+        while frame is not None and frame.f_globals.get("__name__") == __name__:
+            level, frame = level + 1, frame.f_back  # attribute the warning to the caller's code
+        warnings.warn(
+            f"this CIFAR-10 copy is not the official one (its files do not all have the published "
+            f"MD5s); its fingerprint is {fingerprint}. Accuracies measured on it are close to, "
+            f"not identical with, figures on the official data.",
+            UserWarning,
+            stacklevel=level,
+        )
+    return fingerprint
+
+
+# ---- book/cifar10.md:853 ----
 import numbers
 
+import numpy as np
+
+
+def _check_split_args(num_training, num_validation, num_test, dtype):
+    """``dtype`` as a NumPy dtype, after checking the counts and the dtype."""
+    counts = {"num_training": num_training, "num_validation": num_validation, "num_test": num_test}
+    for name, value in counts.items():
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
+            raise ValueError(f"get_cifar10_data: {name} must be a positive integer, got {value!r}")
+    dtype = np.dtype(dtype)
+    if not np.issubdtype(dtype, np.floating):
+        raise ValueError(f"get_cifar10_data: dtype must be a floating-point type, got {dtype}")
+    return dtype
+
+
+def _check_split_sizes(num_training, num_validation, num_test, n_train, n_test):
+    """Check that the splits fit into n_train training and n_test test images."""
+    if num_training + num_validation > n_train:
+        raise ValueError(
+            f"get_cifar10_data: num_training + num_validation = {num_training} + "
+            f"{num_validation} = {num_training + num_validation} exceeds the {n_train} training "
+            "images"
+        )
+    if num_test > n_test:
+        raise ValueError(
+            f"get_cifar10_data: num_test = {num_test} exceeds the {n_test} test images"
+        )
+
+
+# ---- book/cifar10.md:887 ----
 import numpy as np
 
 
@@ -322,32 +489,17 @@ def get_cifar10_data(num_training=49000, num_validation=1000, num_test=1000, sub
 
     Returns a dict with (N_train = num_training, and so on):
 
-    - ``X_train`` (N_train, 3, 32, 32), ``X_val`` (N_val, 3, 32, 32), ``X_test`` (N_test, 3, 32, 32):
-      arrays of ``dtype``, shape (N, 32, 32, 3) if not ``channels_first``;
+    - ``X_train`` (N_train, 3, 32, 32), ``X_val`` (N_val, 3, 32, 32), ``X_test``
+      (N_test, 3, 32, 32): arrays of ``dtype``, shape (N, 32, 32, 3) if not ``channels_first``;
     - ``y_train`` (N_train,), ``y_val`` (N_val,), ``y_test`` (N_test,): int64 labels 0..9;
     - ``mean_image``: the mean of the training split, (3, 32, 32) or (32, 32, 3) like the images,
       of ``dtype`` (add it back to see the images).
     """
-    counts = {"num_training": num_training, "num_validation": num_validation, "num_test": num_test}
-    for name, value in counts.items():
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
-            raise ValueError(f"get_cifar10_data: {name} must be a positive integer, got {value!r}")
-    dtype = np.dtype(dtype)
-    if not np.issubdtype(dtype, np.floating):
-        raise ValueError(f"get_cifar10_data: dtype must be a floating-point type, got {dtype}")
-
-    def check(n_train, n_test):
-        if num_training + num_validation > n_train:
-            raise ValueError(
-                f"get_cifar10_data: num_training + num_validation = {num_training} + {num_validation} "
-                f"= {num_training + num_validation} exceeds the {n_train} training images"
-            )
-        if num_test > n_test:
-            raise ValueError(f"get_cifar10_data: num_test = {num_test} exceeds the {n_test} test images")
-
-    check(50000, 10000)
+    dtype = _check_split_args(num_training, num_validation, num_test, dtype)
+    sizes = (num_training, num_validation, num_test)
+    _check_split_sizes(*sizes, 50000, 10000)
     X_train_all, y_train_all, X_test_all, y_test_all = load_cifar10(root=root)
-    check(len(X_train_all), len(X_test_all))  # the same limits, unless root holds a smaller copy
+    _check_split_sizes(*sizes, len(X_train_all), len(X_test_all))  # unless root holds fewer
 
     splits = {
         "train": (X_train_all[:num_training], y_train_all[:num_training]),

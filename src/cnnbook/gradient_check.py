@@ -3,7 +3,7 @@
 # Chapters: book/gradient_checking.md
 
 
-# ---- book/gradient_checking.md:167 ----
+# ---- book/gradient_checking.md:174 ----
 import numpy as np
 
 
@@ -29,8 +29,41 @@ def _as_scalar(name, value):
     """The value of a scalar function as a Python float."""
     value = np.asarray(value)
     if value.size != 1:
-        raise ValueError(f"{name}: f must return a scalar, but it returned an array of shape {value.shape}")
+        raise ValueError(
+            f"{name}: f must return a scalar, but it returned an array of shape {value.shape}"
+        )
     return value.item()
+
+
+def _check_df_shape(out, df):
+    """In eval_numerical_gradient_array, df must have the shape of f's output."""
+    if out.shape != df.shape:
+        raise ValueError(
+            f"eval_numerical_gradient_array: f(x) has shape {out.shape} but df has shape "
+            f"{df.shape}; df must have the shape of f's output"
+        )
+
+
+def _check_sparse_args(x, analytic_grad, h, num_checks):
+    """Validate the arguments of grad_check_sparse; return num_checks as an int."""
+    _check_float_array("grad_check_sparse", x)
+    _check_step("grad_check_sparse", h)
+    shape = np.shape(analytic_grad)
+    if shape != x.shape:
+        raise ValueError(
+            f"grad_check_sparse: analytic_grad has shape {shape} but x has shape {x.shape}"
+        )
+    if x.size == 0:
+        raise ValueError(f"grad_check_sparse: x of shape {x.shape} has no elements to check")
+    if int(num_checks) != num_checks or num_checks < 1:
+        raise ValueError(
+            f"grad_check_sparse: num_checks must be a positive integer, got {num_checks!r}"
+        )
+    return int(num_checks)
+
+
+# ---- book/gradient_checking.md:237 ----
+import numpy as np
 
 
 def eval_numerical_gradient(f, x, verbose=True, h=1e-5):
@@ -71,7 +104,7 @@ def eval_numerical_gradient(f, x, verbose=True, h=1e-5):
     return grad
 
 
-# ---- book/gradient_checking.md:253 ----
+# ---- book/gradient_checking.md:298 ----
 import numpy as np
 
 
@@ -85,20 +118,22 @@ def rel_error(x, y):
     Returns
     -------
     float
-        ``max_i |x_i - y_i| / max(1e-8, |x_i| + |y_i|)``, computed in float64 (0.0 for empty arrays).
+        ``max_i |x_i - y_i| / max(1e-8, |x_i| + |y_i|)``, computed in float64
+        (0.0 for empty arrays).
     """
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
     if x.shape != y.shape:
         raise ValueError(
-            f"rel_error: x has shape {x.shape} but y has shape {y.shape}; compare arrays of the same shape"
+            f"rel_error: x has shape {x.shape} but y has shape {y.shape}; "
+            f"compare arrays of the same shape"
         )
     if x.size == 0:
         return 0.0
     return float(np.max(np.abs(x - y) / np.maximum(1e-8, np.abs(x) + np.abs(y))))
 
 
-# ---- book/gradient_checking.md:336 ----
+# ---- book/gradient_checking.md:397 ----
 import numpy as np
 
 
@@ -109,14 +144,12 @@ def eval_numerical_gradient_array(f, x, df, h=1e-5):
 
     Parameters
     ----------
-    f : callable
-        ``f(x) -> ndarray`` of some shape ``S`` (for example ``lambda x: layer_forward(x, w)[0]``).
-    x : ndarray of floats, any shape
-        Perturbed **in place**, one element at a time, and restored before returning.
-    df : ndarray of shape ``S``
-        The upstream gradient that weighs the outputs of ``f``.
-    h : float
-        The step size, > 0.
+    f : callable, ``f(x) -> ndarray`` of some shape ``S``
+        (for example ``lambda x: layer_forward(x, w)[0]``).
+    x : ndarray of floats, any shape; perturbed **in place**, one element at a time, and
+        restored before returning.
+    df : ndarray of shape ``S``, the upstream gradient that weighs the outputs of ``f``.
+    h : float > 0, the step size.
 
     Returns
     -------
@@ -135,16 +168,12 @@ def eval_numerical_gradient_array(f, x, df, h=1e-5):
             neg = np.array(f(x), copy=True)
         finally:
             x[ix] = oldval
-        if pos.shape != df.shape:
-            raise ValueError(
-                f"eval_numerical_gradient_array: f(x) has shape {pos.shape} but df has shape "
-                f"{df.shape}; df must have the shape of f's output"
-            )
+        _check_df_shape(pos, df)
         grad[ix] = np.sum((pos - neg) * df) / (2 * h)
     return grad
 
 
-# ---- book/gradient_checking.md:432 ----
+# ---- book/gradient_checking.md:495 ----
 import numpy as np
 
 
@@ -153,38 +182,23 @@ def grad_check_sparse(f, x, analytic_grad, num_checks=10, h=1e-5, seed=None):
 
     Parameters
     ----------
-    f : callable
-        ``f(x) -> scalar``.
-    x : ndarray of floats, any shape
-        Perturbed **in place** at each checked coordinate and restored.
-    analytic_grad : ndarray of the same shape as ``x``
-        The gradient to check.
-    num_checks : int
-        How many coordinates to check (drawn at random, with replacement).
-    h : float
-        The step size, > 0.
-    seed : int or None
-        Seed of the random choice of coordinates (None: a fresh random choice).
+    f : callable, ``f(x) -> scalar``.
+    x : ndarray of floats, any shape; perturbed **in place** at each checked coordinate, restored.
+    analytic_grad : ndarray of the same shape as ``x``, the gradient to check.
+    num_checks : int, how many coordinates to check (drawn at random, with replacement).
+    h : float > 0, the step size.
+    seed : int or None, seed of the random choice of coordinates (None: a fresh random choice).
 
     Returns
     -------
-    rel_errors : ndarray of shape ``(num_checks,)``
-        The relative error at each checked coordinate; each is also printed.
+    rel_errors : ndarray of shape ``(num_checks,)``, the relative error at each checked
+        coordinate; each is also printed.
     """
-    _check_float_array("grad_check_sparse", x)
-    _check_step("grad_check_sparse", h)
+    num_checks = _check_sparse_args(x, analytic_grad, h, num_checks)
     analytic_grad = np.asarray(analytic_grad)
-    if analytic_grad.shape != x.shape:
-        raise ValueError(
-            f"grad_check_sparse: analytic_grad has shape {analytic_grad.shape} but x has shape {x.shape}"
-        )
-    if x.size == 0:
-        raise ValueError(f"grad_check_sparse: x of shape {x.shape} has no elements to check")
-    if int(num_checks) != num_checks or num_checks < 1:
-        raise ValueError(f"grad_check_sparse: num_checks must be a positive integer, got {num_checks!r}")
     rng = np.random.default_rng(seed)
-    rel_errors = np.empty(int(num_checks))
-    for i in range(int(num_checks)):
+    rel_errors = np.empty(num_checks)
+    for i in range(num_checks):
         ix = tuple(int(rng.integers(m)) for m in x.shape)
         oldval = x[ix]
         try:
@@ -197,8 +211,6 @@ def grad_check_sparse(f, x, analytic_grad, num_checks=10, h=1e-5, seed=None):
         grad_numerical = (fxph - fxmh) / (2 * h)
         grad_analytic = float(analytic_grad[ix])
         rel_errors[i] = rel_error(grad_numerical, grad_analytic)
-        print(
-            f"numerical: {grad_numerical:.6g} analytic: {grad_analytic:.6g}, "
-            f"relative error: {rel_errors[i]:.1e}"
-        )
+        print(f"numerical: {grad_numerical:.6g} analytic: {grad_analytic:.6g}, "
+              f"relative error: {rel_errors[i]:.1e}")
     return rel_errors

@@ -3,7 +3,7 @@
 # Chapters: book/optimizers.md
 
 
-# ---- book/optimizers.md:100 ----
+# ---- book/optimizers.md:106 ----
 import numpy as np
 
 
@@ -58,6 +58,37 @@ def _state(rule, config, key, w):
     return state
 
 
+# ---- book/optimizers.md:166 ----
+import numpy as np
+
+#: How each hyperparameter is validated.
+_CHECKS = {"learning_rate": _nonnegative, "momentum": _decay, "decay_rate": _decay,
+           "beta1": _decay, "beta2": _decay, "epsilon": _positive}
+
+
+def _setup(rule, config, w, defaults, state=()):
+    """Store the missing ``defaults`` and zero arrays for the missing ``state`` keys into
+    config; return the validated hyperparameters (floats), then the state arrays."""
+    for key, value in defaults.items():
+        config.setdefault(key, value)
+    for key in state:
+        config.setdefault(key, np.zeros_like(w))
+    return ([_CHECKS[key](rule, config, key) for key in defaults]
+            + [_state(rule, config, key, w) for key in state])
+
+
+def _step_count(rule, config):
+    """config['t'] (default 0), which must be a non-negative integer, as an int."""
+    t = config.setdefault("t", 0)
+    if int(t) != t or t < 0:
+        raise ValueError(f"{rule}: config['t'] must be a non-negative integer, got {t!r}")
+    return int(t)
+
+
+# ---- book/optimizers.md:195 ----
+import numpy as np
+
+
 def sgd(w, dw, config=None):
     """Vanilla stochastic gradient descent: ``next_w = w - learning_rate * dw``.
 
@@ -78,13 +109,12 @@ def sgd(w, dw, config=None):
     if config is None:
         config = {}
     w, dw = _check_w_dw("sgd", w, dw)
-    config.setdefault("learning_rate", 1e-2)
-    lr = _nonnegative("sgd", config, "learning_rate")
+    (lr,) = _setup("sgd", config, w, {"learning_rate": 1e-2})
     next_w = w - lr * dw
     return next_w.astype(w.dtype, copy=False), config
 
 
-# ---- book/optimizers.md:203 ----
+# ---- book/optimizers.md:269 ----
 import numpy as np
 
 
@@ -115,12 +145,8 @@ def sgd_momentum(w, dw, config=None):
     if config is None:
         config = {}
     w, dw = _check_w_dw("sgd_momentum", w, dw)
-    config.setdefault("learning_rate", 1e-2)
-    config.setdefault("momentum", 0.9)
-    config.setdefault("velocity", np.zeros_like(w))
-    lr = _nonnegative("sgd_momentum", config, "learning_rate")
-    mu = _decay("sgd_momentum", config, "momentum")
-    v = _state("sgd_momentum", config, "velocity", w)
+    defaults = {"learning_rate": 1e-2, "momentum": 0.9}
+    lr, mu, v = _setup("sgd_momentum", config, w, defaults, state=("velocity",))
 
     v = mu * v - lr * dw
     next_w = w + v
@@ -128,7 +154,7 @@ def sgd_momentum(w, dw, config=None):
     return next_w.astype(w.dtype, copy=False), config
 
 
-# ---- book/optimizers.md:277 ----
+# ---- book/optimizers.md:360 ----
 import numpy as np
 
 
@@ -161,14 +187,8 @@ def rmsprop(w, dw, config=None):
     if config is None:
         config = {}
     w, dw = _check_w_dw("rmsprop", w, dw)
-    config.setdefault("learning_rate", 1e-2)
-    config.setdefault("decay_rate", 0.99)
-    config.setdefault("epsilon", 1e-8)
-    config.setdefault("cache", np.zeros_like(w))
-    lr = _nonnegative("rmsprop", config, "learning_rate")
-    rho = _decay("rmsprop", config, "decay_rate")
-    eps = _positive("rmsprop", config, "epsilon")
-    cache = _state("rmsprop", config, "cache", w)
+    defaults = {"learning_rate": 1e-2, "decay_rate": 0.99, "epsilon": 1e-8}
+    lr, rho, eps, cache = _setup("rmsprop", config, w, defaults, state=("cache",))
 
     cache = rho * cache + (1 - rho) * (dw * dw)
     next_w = w - lr * dw / (np.sqrt(cache) + eps)
@@ -176,7 +196,7 @@ def rmsprop(w, dw, config=None):
     return next_w.astype(w.dtype, copy=False), config
 
 
-# ---- book/optimizers.md:360 ----
+# ---- book/optimizers.md:440 ----
 import numpy as np
 
 
@@ -189,20 +209,14 @@ def adam(w, dw, config=None):
 
     Parameters
     ----------
-    w : ndarray of floats, any shape
-        The current parameters. Not modified.
-    dw : ndarray of the same shape as ``w``
-        The gradient of the loss with respect to ``w``.
-    config : dict or None
+    w : ndarray of floats, any shape; the current parameters (not modified).
+    dw : ndarray of the same shape as ``w``; the gradient of the loss with respect to ``w``.
+    config : dict or None; defaults are stored into it, ``m``, ``v``, ``t`` replaced on every call.
         - ``learning_rate``: float >= 0, default 1e-3.
-        - ``beta1``: float in [0, 1), default 0.9 (decay rate of the first moment ``m``).
-        - ``beta2``: float in [0, 1), default 0.999 (decay rate of the second moment ``v``).
+        - ``beta1``, ``beta2``: floats in [0, 1), defaults 0.9 and 0.999 (decay rates of m, v).
         - ``epsilon``: float > 0, default 1e-8.
-        - ``m``: ndarray of the shape of ``w``, default zeros (running average of ``dw``).
-        - ``v``: ndarray of the shape of ``w``, default zeros (running average of ``dw**2``).
+        - ``m``, ``v``: running averages of ``dw`` and ``dw**2``, shape of ``w``, default zeros.
         - ``t``: int >= 0, default 0 (the number of steps taken; incremented before use).
-
-        Defaults are stored into ``config``; ``m``, ``v`` and ``t`` are replaced on every call.
 
     Returns
     -------
@@ -212,24 +226,10 @@ def adam(w, dw, config=None):
     if config is None:
         config = {}
     w, dw = _check_w_dw("adam", w, dw)
-    config.setdefault("learning_rate", 1e-3)
-    config.setdefault("beta1", 0.9)
-    config.setdefault("beta2", 0.999)
-    config.setdefault("epsilon", 1e-8)
-    config.setdefault("m", np.zeros_like(w))
-    config.setdefault("v", np.zeros_like(w))
-    config.setdefault("t", 0)
-    lr = _nonnegative("adam", config, "learning_rate")
-    beta1 = _decay("adam", config, "beta1")
-    beta2 = _decay("adam", config, "beta2")
-    eps = _positive("adam", config, "epsilon")
-    m = _state("adam", config, "m", w)
-    v = _state("adam", config, "v", w)
-    t = config["t"]
-    if int(t) != t or t < 0:
-        raise ValueError(f"adam: config['t'] must be a non-negative integer, got {t!r}")
+    defaults = {"learning_rate": 1e-3, "beta1": 0.9, "beta2": 0.999, "epsilon": 1e-8}
+    lr, beta1, beta2, eps, m, v = _setup("adam", config, w, defaults, state=("m", "v"))
+    t = _step_count("adam", config) + 1
 
-    t = int(t) + 1
     m = beta1 * m + (1 - beta1) * dw
     v = beta2 * v + (1 - beta2) * (dw * dw)
     mhat = m / (1 - beta1**t)
@@ -239,7 +239,7 @@ def adam(w, dw, config=None):
     return next_w.astype(w.dtype, copy=False), config
 
 
-# ---- book/optimizers.md:747 ----
+# ---- book/optimizers.md:842 ----
 #: Number of arrays of the shape of a parameter that each update rule keeps in ``config``
 #: (Adam's step counter ``t`` is a scalar and is not counted).
 STATE_PER_PARAMETER = {"sgd": 0, "sgd_momentum": 1, "rmsprop": 1, "adam": 2}

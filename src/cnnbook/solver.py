@@ -3,7 +3,7 @@
 # Chapters: book/fc_nets.md
 
 
-# ---- book/fc_nets.md:594 ----
+# ---- book/fc_nets.md:659 ----
 import os
 import pickle
 
@@ -12,6 +12,30 @@ import numpy as np
 from cnnbook import optim
 
 
+def _check_data(data):
+    """Raise ValueError unless data has X_train, y_train, X_val, y_val with matching lengths."""
+    missing = [k for k in ("X_train", "y_train", "X_val", "y_val") if k not in data]
+    if missing:
+        raise ValueError(f"Solver: data is missing the key(s) {missing}")
+    for split in ("train", "val"):
+        n_x, n_y = len(data[f"X_{split}"]), len(data[f"y_{split}"])
+        if n_x != n_y:
+            raise ValueError(f"Solver: X_{split} has {n_x} examples but y_{split} has {n_y} labels")
+
+
+def _get_update_rule(update_rule):
+    """The update function: ``update_rule`` itself if callable, else cnnbook.optim's function."""
+    if isinstance(update_rule, str):
+        if not callable(getattr(optim, update_rule, None)):
+            raise ValueError(f"Solver: cnnbook.optim has no update rule named {update_rule!r}")
+        return getattr(optim, update_rule)
+    if not callable(update_rule):
+        raise ValueError(f"Solver: update_rule must be a name in cnnbook.optim or a callable, "
+                         f"got {update_rule!r}")
+    return update_rule
+
+
+# ---- book/fc_nets.md:696 ----
 class Solver:
     """Trains a classification model with minibatch gradient descent (the cs231n Solver).
 
@@ -29,33 +53,27 @@ class Solver:
         ``grads`` having the keys and shapes of ``model.params``.
     data : dict with X_train (N_train, ...), y_train (N_train,), X_val (N_val, ...), y_val (N_val,).
 
-    Keyword arguments
-    -----------------
+    Keyword arguments (defaults in brackets)
+    ----------------------------------------
     update_rule : name of an update rule in ``cnnbook.optim`` ("sgd", "sgd_momentum", "rmsprop",
-        "adam"), or a callable ``update(w, dw, config) -> (next_w, config)``. Default "sgd".
+        "adam"), or a callable ``update(w, dw, config) -> (next_w, config)`` ["sgd"].
     optim_config : dict of hyperparameters for the update rule, e.g. {"learning_rate": 1e-3};
         every parameter of the model gets its own copy.
-    lr_decay : factor applied to the learning rate at the end of every epoch. Default 1.0.
-    batch_size : examples per minibatch. Default 100.
-    num_epochs : epochs to train; an epoch is ``max(N_train // batch_size, 1)`` iterations. Default 10.
-    num_train_samples : training examples sampled to measure training accuracy (None: all). Default 1000.
-    num_val_samples : validation examples sampled to measure validation accuracy (None: all). Default None.
-    checkpoint_name : if given, the state is pickled to "{checkpoint_name}_epoch_{epoch}.pkl" at every epoch.
-    print_every : print the loss every this many iterations (if verbose). Default 10.
-    verbose : print the loss and the accuracies during training. Default True.
+    lr_decay : factor applied to the learning rate at the end of every epoch [1.0].
+    batch_size : examples per minibatch [100].
+    num_epochs : epochs to train; an epoch is ``max(N_train // batch_size, 1)`` iterations [10].
+    num_train_samples : training examples sampled to measure training accuracy (None: all) [1000].
+    num_val_samples : validation examples sampled to measure validation accuracy (None: all).
+    checkpoint_name : if given, the state is pickled to "{checkpoint_name}_epoch_{epoch}.pkl" at
+        every epoch.
+    print_every : print the loss every this many iterations (if verbose) [10].
+    verbose : print the loss and the accuracies during training [True].
     seed : seed of ``np.random.default_rng`` that samples the minibatches and accuracy subsets.
-    progress : show a tqdm progress bar over the iterations, if tqdm is installed. Default True.
+    progress : show a tqdm progress bar over the iterations, if tqdm is installed [True].
     """
 
     def __init__(self, model, data, **kwargs):
-        missing = [k for k in ("X_train", "y_train", "X_val", "y_val") if k not in data]
-        if missing:
-            raise ValueError(f"Solver: data is missing the key(s) {missing}")
-        for split in ("train", "val"):
-            if len(data[f"X_{split}"]) != len(data[f"y_{split}"]):
-                raise ValueError(
-                    f"Solver: X_{split} has {len(data[f'X_{split}'])} examples but y_{split} has {len(data[f'y_{split}'])} labels"
-                )
+        _check_data(data)
         self.model = model
         self.X_train, self.y_train = data["X_train"], data["y_train"]
         self.X_val, self.y_val = data["X_val"], data["y_val"]
@@ -74,15 +92,11 @@ class Solver:
         self.progress = kwargs.pop("progress", True)
         if kwargs:
             raise ValueError(f"Solver: unrecognized argument(s) {', '.join(sorted(kwargs))}")
-
-        if isinstance(self.update_rule, str):
-            if not callable(getattr(optim, self.update_rule, None)):
-                raise ValueError(f"Solver: cnnbook.optim has no update rule named {self.update_rule!r}")
-            self.update_rule = getattr(optim, self.update_rule)
-        elif not callable(self.update_rule):
-            raise ValueError(f"Solver: update_rule must be a name in cnnbook.optim or a callable, got {self.update_rule!r}")
+        self.update_rule = _get_update_rule(self.update_rule)
         if int(self.batch_size) != self.batch_size or self.batch_size < 1:
-            raise ValueError(f"Solver: batch_size must be a positive integer, got {self.batch_size!r}")
+            raise ValueError(
+                f"Solver: batch_size must be a positive integer, got {self.batch_size!r}"
+            )
         self._reset()
 
     def _reset(self):
@@ -97,6 +111,7 @@ class Solver:
         self._rng = np.random.default_rng(self.seed)
         self._bar = None
 
+    # ---- book/fc_nets.md:779 ----
     def _step(self):
         """One gradient update on a random minibatch. Called by train(), not by users."""
         num_train = self.X_train.shape[0]
@@ -110,29 +125,7 @@ class Solver:
             self.model.params[p] = next_w
             self.optim_configs[p] = next_config
 
-    def _save_checkpoint(self):
-        """Pickle the model and the training state to "{checkpoint_name}_epoch_{epoch}.pkl"."""
-        if self.checkpoint_name is None:
-            return
-        checkpoint = {
-            "model": self.model,
-            "update_rule": self.update_rule,
-            "lr_decay": self.lr_decay,
-            "optim_config": self.optim_config,
-            "batch_size": self.batch_size,
-            "num_train_samples": self.num_train_samples,
-            "num_val_samples": self.num_val_samples,
-            "epoch": self.epoch,
-            "loss_history": self.loss_history,
-            "train_acc_history": self.train_acc_history,
-            "val_acc_history": self.val_acc_history,
-        }
-        filename = f"{self.checkpoint_name}_epoch_{self.epoch}.pkl"
-        if self.verbose:
-            self._print(f'Saving checkpoint to "{filename}"')
-        with open(filename, "wb") as f:
-            pickle.dump(checkpoint, f)
-
+    # ---- book/fc_nets.md:801 ----
     def check_accuracy(self, X, y, num_samples=None, batch_size=100):
         """Fraction of examples of X whose highest-scoring class is the label in y.
 
@@ -144,17 +137,68 @@ class Solver:
             mask = self._rng.choice(N, num_samples)
             X, y = X[mask], y[mask]
             N = num_samples
-        y_pred = np.concatenate(
-            [np.argmax(self.model.loss(X[start:start + batch_size]), axis=1) for start in range(0, N, batch_size)]
-        )
+        scores = (self.model.loss(X[start:start + batch_size]) for start in range(0, N, batch_size))
+        y_pred = np.concatenate([np.argmax(s, axis=1) for s in scores])
         return float(np.mean(y_pred == y))
 
+    # ---- book/fc_nets.md:825 ----
+    def train(self):
+        """Run the optimization; then give the model the parameters of the best validation accuracy."""
+        num_train = self.X_train.shape[0]
+        iterations_per_epoch = max(num_train // self.batch_size, 1)
+        num_iterations = self.num_epochs * iterations_per_epoch
+        self._bar = self._progress_bar(num_iterations)
+        try:
+            for t in range(num_iterations):
+                self._step()
+                self._report_iteration(t, num_iterations)
+                epoch_end = (t + 1) % iterations_per_epoch == 0
+                if epoch_end:
+                    self.epoch += 1
+                    for config in self.optim_configs.values():
+                        if "learning_rate" in config:
+                            config["learning_rate"] *= self.lr_decay
+                if t == 0 or epoch_end:
+                    self._check_and_keep_best()
+        finally:
+            if self._bar is not None:
+                self._bar.close()
+            self._bar = None
+        # Copies, so that training further does not overwrite best_params in place.
+        self.model.params = {k: v.copy() for k, v in self.best_params.items()}
+
+    # ---- book/fc_nets.md:852 ----
+    def _check_and_keep_best(self):
+        """Record train and validation accuracy; copy the parameters if they are the best so far."""
+        train_acc = self.check_accuracy(self.X_train, self.y_train, num_samples=self.num_train_samples)
+        val_acc = self.check_accuracy(self.X_val, self.y_val, num_samples=self.num_val_samples)
+        self.train_acc_history.append(train_acc)
+        self.val_acc_history.append(val_acc)
+        self._save_checkpoint()
+        if self.verbose:
+            self._print(f"(Epoch {self.epoch} / {self.num_epochs}) "
+                    f"train acc: {train_acc:f}; val_acc: {val_acc:f}")
+        if not self.best_params or val_acc > self.best_val_acc:
+            self.best_val_acc = val_acc
+            self.best_params = {k: v.copy() for k, v in self.model.params.items()}
+
+    # ---- book/fc_nets.md:873 ----
+    def _report_iteration(self, t, num_iterations):
+        """Advance the progress bar; if verbose, print the loss every print_every iterations."""
+        if self._bar is not None:
+            self._bar.update(1)
+            self._bar.set_postfix(loss=f"{self.loss_history[-1]:.3f}", refresh=False)
+        if self.verbose and t % self.print_every == 0:
+            self._print(f"(Iteration {t + 1} / {num_iterations}) loss: {self.loss_history[-1]:f}")
+
+    # ---- book/fc_nets.md:883 ----
     def _print(self, message):
         if self._bar is not None:
             self._bar.write(message)  # keeps the progress bar intact
         else:
             print(message)
 
+    # ---- book/fc_nets.md:891 ----
     def _progress_bar(self, total):
         """A tqdm bar over the iterations, or None (no tqdm, progress=False or TQDM_DISABLE set)."""
         if not self.progress or os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true", "yes"):
@@ -165,42 +209,16 @@ class Solver:
             return None
         return tqdm(total=total, unit="it", leave=False)
 
-    def train(self):
-        """Run the optimization, then give the model the parameters with the best validation accuracy."""
-        num_train = self.X_train.shape[0]
-        iterations_per_epoch = max(num_train // self.batch_size, 1)
-        num_iterations = self.num_epochs * iterations_per_epoch
-        self._bar = self._progress_bar(num_iterations)
-        try:
-            for t in range(num_iterations):
-                self._step()
-                if self._bar is not None:
-                    self._bar.update(1)
-                    self._bar.set_postfix(loss=f"{self.loss_history[-1]:.3f}", refresh=False)
-                if self.verbose and t % self.print_every == 0:
-                    self._print(f"(Iteration {t + 1} / {num_iterations}) loss: {self.loss_history[-1]:f}")
-
-                epoch_end = (t + 1) % iterations_per_epoch == 0
-                if epoch_end:
-                    self.epoch += 1
-                    for config in self.optim_configs.values():
-                        if "learning_rate" in config:
-                            config["learning_rate"] *= self.lr_decay
-
-                if t == 0 or epoch_end:
-                    train_acc = self.check_accuracy(self.X_train, self.y_train, num_samples=self.num_train_samples)
-                    val_acc = self.check_accuracy(self.X_val, self.y_val, num_samples=self.num_val_samples)
-                    self.train_acc_history.append(train_acc)
-                    self.val_acc_history.append(val_acc)
-                    self._save_checkpoint()
-                    if self.verbose:
-                        self._print(f"(Epoch {self.epoch} / {self.num_epochs}) train acc: {train_acc:f}; val_acc: {val_acc:f}")
-                    if not self.best_params or val_acc > self.best_val_acc:
-                        self.best_val_acc = val_acc
-                        self.best_params = {k: v.copy() for k, v in self.model.params.items()}
-        finally:
-            if self._bar is not None:
-                self._bar.close()
-            self._bar = None
-        # Copies, so that training further does not overwrite best_params in place.
-        self.model.params = {k: v.copy() for k, v in self.best_params.items()}
+    # ---- book/fc_nets.md:903 ----
+    def _save_checkpoint(self):
+        """Pickle the model and the training state to "{checkpoint_name}_epoch_{epoch}.pkl"."""
+        if self.checkpoint_name is None:
+            return
+        names = ("update_rule", "lr_decay", "optim_config", "batch_size", "num_train_samples",
+                 "num_val_samples", "epoch", "loss_history", "train_acc_history", "val_acc_history")
+        checkpoint = {"model": self.model, **{name: getattr(self, name) for name in names}}
+        filename = f"{self.checkpoint_name}_epoch_{self.epoch}.pkl"
+        if self.verbose:
+            self._print(f'Saving checkpoint to "{filename}"')
+        with open(filename, "wb") as f:
+            pickle.dump(checkpoint, f)

@@ -46,11 +46,14 @@ KERNEL = "python3"
 
 # Applied, in this order, to both outputs of a data-dependent cell when the CIFAR-10 copy at
 # hand is not the one the references were made with: a copy's name, then every number (with
-# the spaces before it, as aligned columns shift with the width of a number), then runs of blanks.
+# the spaces before it, as aligned columns shift with the width of a number), then the layout
+# that follows from the widths of numbers: runs of white space (NumPy wraps long arrays where
+# the numbers make it) and the blanks NumPy pads before or after a bracket or comma.
 DATA_SANITIZERS = [
     (re.compile(r"\bofficial\b|sha256:[0-9a-f]{16,64}"), "<copy>"),
     (re.compile(r"[ \t]*[-+\u2212]?(?:\d[\d,_]*(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?|\b(?:nan|inf)\b"), "#"),
-    (re.compile(r"[ \t]+"), " "),
+    (re.compile(r"\s+"), " "),
+    (re.compile(r" ?([\[\](),]) ?"), r"\1"),
 ]
 
 # chapter -> (mode, data-dependent cells, stored fingerprint, fingerprint at hand), for the summary

@@ -434,24 +434,23 @@ def test_official_md5_table_is_the_published_one():
     }
 
 
+def pretend_official(monkeypatch):
+    """Make every file hash to its published MD5 (and forget cached fingerprints)."""
+    real = data._file_digests
+    monkeypatch.setattr(data, "_file_digests",
+                        lambda path, *a: (data.CIFAR10_FILE_MD5[path.name], real(path)[1]))
+    monkeypatch.setattr(data, "_FINGERPRINTS", {})
+
+
 def test_official_copy_is_recognised(synthetic, monkeypatch):
     folder, _ = synthetic
-    real = data._file_digests
-
-    def published(path, *args):  # each file hashes to its published MD5
-        return data.CIFAR10_FILE_MD5[path.name], real(path)[1]
-
-    monkeypatch.setattr(data, "_file_digests", published)
-    monkeypatch.setattr(data, "_FINGERPRINTS", {})
+    pretend_official(monkeypatch)
     assert data.cifar10_fingerprint(folder) == "official"
 
 
 def test_official_needs_every_file(synthetic, monkeypatch):
     folder, _ = synthetic
-    real = data._file_digests
-    monkeypatch.setattr(data, "_file_digests",
-                        lambda path, *a: (data.CIFAR10_FILE_MD5[path.name], real(path)[1]))
-    monkeypatch.setattr(data, "_FINGERPRINTS", {})
+    pretend_official(monkeypatch)
     (folder / "batches.meta").unlink()
     assert data.cifar10_fingerprint(folder).startswith("sha256:")
 
@@ -509,10 +508,7 @@ def test_loading_another_copy_warns_once_and_records_it(synthetic, monkeypatch):
 
 def test_loading_the_official_copy_does_not_warn(synthetic, monkeypatch):
     folder, _ = synthetic
-    real = data._file_digests
-    monkeypatch.setattr(data, "_file_digests",
-                        lambda path, *a: (data.CIFAR10_FILE_MD5[path.name], real(path)[1]))
-    monkeypatch.setattr(data, "_FINGERPRINTS", {})
+    pretend_official(monkeypatch)
     monkeypatch.setattr(data, "_LOADED", {})
     import warnings
 

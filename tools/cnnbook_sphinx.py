@@ -143,7 +143,7 @@ def _note_data_copy(app, doctree):
         doctree.insert(0, note)
 
 
-def _output_checks_table(app=None):
+def _output_checks_table():
     """Rows (chapter, code cells, strict, data-dependent, executed only) over the toc's chapters."""
     from chapters import chapters, read_chapter, rel
 
@@ -168,7 +168,7 @@ def _output_checks_directive():
 
         def run(self):
             env = self.state.document.settings.env
-            rows = _output_checks_table(env.app)
+            rows = _output_checks_table()
             for chapter, *_ in rows:
                 env.note_dependency(str(Path(env.srcdir) / chapter))
             head = ("chapter", "code cells", "compared strictly", "data-dependent",

@@ -15,7 +15,7 @@ from tangle import exported_module
 
 MAX_CELL_LINES = 80
 MAX_LINE = 100
-KNOWN_TAGS = {"data-dependent", "hide-input", "hide-output", "nbval-ignore-output",
+KNOWN_TAGS = {"data-dependent", "machine-dependent", "hide-input", "hide-output", "nbval-ignore-output",
               "raises-exception", "remove-input", "remove-output"}
 
 CHAPTERS = chapters(ROOT / "_toc.yml")

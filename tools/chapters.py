@@ -32,6 +32,10 @@ REFRESH_HINT = "python tools/refresh_outputs.py {chapter}"
 #: The cell tag of cells whose outputs depend on which copy of CIFAR-10 was loaded.
 DATA_TAG = "data-dependent"
 
+#: The cell tag of cells whose printed numbers depend on the machine (the round-off of a long
+#: float32 training run, timings, throughput): always compared with numbers sanitized.
+MACHINE_TAG = "machine-dependent"
+
 
 class ChapterError(Exception):
     """A problem with a chapter or its reference, phrased for the author."""

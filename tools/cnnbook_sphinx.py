@@ -28,6 +28,7 @@ from pathlib import Path
 
 from chapters import (
     DATA_TAG,
+    MACHINE_TAG,
     ChapterError,
     code_cells,
     describe_copy,
@@ -144,16 +145,19 @@ def _note_data_copy(app, doctree):
 
 
 def _output_checks_table():
-    """Rows (chapter, code cells, strict, data-dependent, executed only) over the toc's chapters."""
+    """Rows (chapter, code cells, strict, data-dependent, machine-dependent, executed only) over
+    the toc's chapters."""
     from chapters import chapters, read_chapter, rel
 
     rows = []
     for path in chapters():
         cells = code_cells(read_chapter(path))
         tags = [set(c.metadata.get("tags", [])) for c in cells]
-        data = sum(DATA_TAG in t for t in tags)
         ignored = sum("nbval-ignore-output" in t for t in tags)
-        rows.append((rel(path), len(cells), len(cells) - data - ignored, data, ignored))
+        machine = sum(MACHINE_TAG in t and "nbval-ignore-output" not in t for t in tags)
+        data = sum(DATA_TAG in t and not t & {MACHINE_TAG, "nbval-ignore-output"} for t in tags)
+        rows.append((rel(path), len(cells), len(cells) - data - machine - ignored, data, machine,
+                     ignored))
     return rows
 
 
@@ -172,8 +176,8 @@ def _output_checks_directive():
             for chapter, *_ in rows:
                 env.note_dependency(str(Path(env.srcdir) / chapter))
             head = ("chapter", "code cells", "compared strictly", "data-dependent",
-                    "executed only")
-            total = ("all chapters", *(sum(r[i] for r in rows) for i in range(1, 5)))
+                    "machine-dependent", "executed only")
+            total = ("all chapters", *(sum(r[i] for r in rows) for i in range(1, len(head))))
             table = nodes.table(classes=["cnnbook-output-checks"])
             group = nodes.tgroup(cols=len(head))
             table += group

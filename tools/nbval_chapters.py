@@ -16,6 +16,9 @@ without their stderr (the loader's warning names the copy) or images: they still
 execute, so the floors they assert must hold on any copy.  The terminal summary
 says in which mode each data-dependent chapter ran.
 
+Cells tagged ``machine-dependent`` (numbers that differ between machines or runs: a long float32
+training run, timings) are always compared that way: their text strictly, their numbers not.
+
 The kernel is the ``python3`` kernel of the environment running pytest, started
 in the chapter's folder with the repository's ``src`` first on ``PYTHONPATH``.
 """
@@ -32,6 +35,7 @@ from nbval.plugin import IPyNbCell, IPyNbFile
 
 from chapters import (
     DATA_TAG,
+    MACHINE_TAG,
     ChapterError,
     chapters,
     data_cells,
@@ -100,7 +104,10 @@ class ChapterCell(IPyNbCell):
     sanitize_data = False
 
     def runtest(self):
-        if DATA_TAG in self.cell.metadata.get("tags", []):
+        tags = self.cell.metadata.get("tags", [])
+        if MACHINE_TAG in tags:
+            self.sanitize_data = True
+        elif DATA_TAG in tags:
             self.sanitize_data = self.parent.data_mode() == "sanitized"
         super().runtest()
 

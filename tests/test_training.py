@@ -1,0 +1,682 @@
+"""Tests of the fast-training chapter (book/fast_training.md): the channels-last layers of
+cnnbook.nhwc, FastConvNet, sgd_nesterov, softmax_loss_smooth and the Trainer of
+cnnbook.training with its checkpoints (kill and resume in a real subprocess).
+
+Everything runs on tiny synthetic uint8 images (no CIFAR-10) and tiny networks.
+"""
+import json
+import os
+import platform
+import re
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from _support import ROOT
+
+from cnnbook import nhwc, training
+from cnnbook.classifiers import FastConvNet, whitening_filters
+from cnnbook.gradient_check import eval_numerical_gradient_array, rel_error
+from cnnbook.layers import (conv_backward_naive, conv_forward_naive, softmax_loss,
+                            softmax_loss_smooth)
+from cnnbook.optim import sgd_nesterov
+from cnnbook.training import (CHECKPOINT_FORMAT, CheckpointError, Trainer, channel_stats,
+                              load_checkpoint, normalize, one_cycle_lr, random_crop_flip,
+                              save_checkpoint)
+
+
+@pytest.fixture(autouse=True)
+def _no_progress_bars(monkeypatch):
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+
+
+def _data(n_train=64, n_test=32, size=16, seed=0):
+    """Random uint8 images (N, size, size, 3) with random labels in [0, 10)."""
+    rng = np.random.default_rng(seed)
+    X = rng.integers(0, 256, (n_train + n_test, size, size, 3), dtype=np.uint8)
+    y = rng.integers(0, 10, n_train + n_test)
+    return {"X_train": X[:n_train], "y_train": y[:n_train],
+            "X_test": X[n_train:], "y_test": y[n_train:]}
+
+
+def _model(data, widths=(4, 4, 4), **kwargs):
+    X = data["X_train"]
+    return FastConvNet(whitening_filters(normalize(X, *channel_stats(X))), widths=widths,
+                       **kwargs)
+
+
+def _trainer(data=None, widths=(4, 4, 4), **settings):
+    data = _data() if data is None else data
+    settings = {"epochs": 2, "batch_size": 16, "verbose": False, **settings}
+    return Trainer(_model(data, widths), data, **settings)
+
+
+# ---------------------------------------------------------------- kill and resume
+
+TRAIN_SCRIPT = """\
+import json, os, signal, sys
+import numpy as np
+from cnnbook.classifiers import FastConvNet, whitening_filters
+from cnnbook.training import Trainer, channel_stats, normalize
+
+checkpoint, out, kill_after = sys.argv[1], sys.argv[2], int(sys.argv[3])
+rng = np.random.default_rng(0)
+X = rng.integers(0, 256, (96, 16, 16, 3), dtype=np.uint8)
+y = rng.integers(0, 10, 96)
+data = {"X_train": X[:64], "y_train": y[:64], "X_test": X[64:], "y_test": y[64:]}
+model = FastConvNet(whitening_filters(normalize(X[:64], *channel_stats(X[:64]))),
+                    widths=(4, 4, 4))
+
+
+def on_epoch_end(trainer):
+    if trainer.epoch == kill_after:  # the checkpoint of this epoch has just been written
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+history = Trainer(model, data, epochs=3, batch_size=16, checkpoint=checkpoint,
+                  on_epoch_end=on_epoch_end).train()
+arrays = {f"param/{k}": v for k, v in model.params.items()}
+arrays.update({f"bn/{name}/{k}": v for name, bn in model.bn_params.items()
+               for k, v in bn.items() if k.startswith("running_")})
+np.savez(out, **arrays)
+with open(out + ".json", "w") as f:
+    json.dump(history, f)
+print("finished", flush=True)
+"""
+
+
+def _run_script(script, checkpoint, out, kill_after=0):
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), OPENBLAS_NUM_THREADS="1",
+               OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TQDM_DISABLE="1")
+    return subprocess.run([sys.executable, str(script), str(checkpoint), str(out),
+                           str(kill_after)], env=env, capture_output=True, text=True, timeout=300)
+
+
+def _describe(proc):
+    return f"returncode {proc.returncode}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
+
+
+def test_killed_training_resumes_to_the_same_result_as_an_uninterrupted_one(tmp_path):
+    script = tmp_path / "train.py"
+    script.write_text(TRAIN_SCRIPT)
+    checkpoint, resumed_out = tmp_path / "run.ckpt.npz", tmp_path / "resumed.npz"
+
+    killed = _run_script(script, checkpoint, resumed_out, kill_after=1)
+    assert killed.returncode == -signal.SIGKILL, _describe(killed)
+    assert "epoch  1/3" in killed.stdout and "epoch  2/3" not in killed.stdout, _describe(killed)
+    assert checkpoint.exists()
+    assert not resumed_out.exists()
+    arrays, meta = load_checkpoint(checkpoint)
+    assert meta["epoch"] == 1 and meta["format"] == CHECKPOINT_FORMAT
+    assert len(meta["history"]["loss"]) == 1
+
+    resumed = _run_script(script, checkpoint, resumed_out)
+    assert resumed.returncode == 0, _describe(resumed)
+    assert f"resumed from {checkpoint} after epoch 1" in resumed.stdout, _describe(resumed)
+    assert "epoch  1/3" not in resumed.stdout and "epoch  3/3" in resumed.stdout
+    assert resumed.stdout.rstrip().endswith("finished")
+    assert not list(tmp_path.glob("*.tmp"))
+
+    fresh_checkpoint, fresh_out = tmp_path / "fresh.ckpt.npz", tmp_path / "fresh.npz"
+    fresh = _run_script(script, fresh_checkpoint, fresh_out)
+    assert fresh.returncode == 0, _describe(fresh)
+    assert "resumed from" not in fresh.stdout
+
+    with np.load(resumed_out) as a, np.load(fresh_out) as b:
+        assert sorted(a.files) == sorted(b.files)
+        assert any(k.startswith("bn/") for k in a.files)
+        for k in a.files:
+            assert a[k].dtype == b[k].dtype
+            assert np.array_equal(a[k], b[k]), f"{k} differs after resuming"
+    h_resumed = json.loads((tmp_path / "resumed.npz.json").read_text())
+    h_fresh = json.loads((tmp_path / "fresh.npz.json").read_text())
+    for key in ("loss", "train_acc", "test_acc", "lr"):
+        assert len(h_resumed[key]) == 3
+        assert h_resumed[key] == h_fresh[key], key
+    assert len(h_resumed["seconds"]) == 3
+
+
+# ---------------------------------------------------------------- determinism
+
+
+def test_same_seed_same_parameters_other_seed_other_parameters():
+    runs = {}
+    for label, seed in (("a", 0), ("b", 0), ("c", 1)):
+        trainer = _trainer(seed=seed)
+        history = trainer.train()
+        runs[label] = ({k: v.copy() for k, v in trainer.model.params.items()}, history)
+    (pa, ha), (pb, hb), (pc, hc) = runs["a"], runs["b"], runs["c"]
+    assert all(np.array_equal(pa[k], pb[k]) for k in pa)
+    assert ha["loss"] == hb["loss"] and ha["test_acc"] == hb["test_acc"]
+    assert not all(np.array_equal(pa[k], pc[k]) for k in pa)
+    assert ha["loss"] != hc["loss"]
+
+
+def test_training_changes_the_parameters_in_place():
+    trainer = _trainer(epochs=1)
+    arrays = dict(trainer.model.params)
+    before = {k: v.copy() for k, v in arrays.items()}
+    trainer.train()
+    assert all(trainer.model.params[k] is arrays[k] for k in arrays)
+    assert not np.array_equal(before["W1"], arrays["W1"])
+    assert all(np.isfinite(v).all() for v in arrays.values())
+
+
+def test_trainer_rejects_fewer_images_than_one_batch():
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        _trainer(batch_size=128)
+
+
+# ---------------------------------------------------------------- corrupt checkpoints
+
+
+def _real_checkpoint(path):
+    save_checkpoint(path, {"param/W": np.arange(2000.0).reshape(40, 50)}, {"epoch": 1})
+    return path
+
+
+@pytest.mark.parametrize("kind", ["garbage", "truncated", "empty", "directory"])
+def test_unreadable_checkpoint_raises_checkpoint_error_naming_the_path(tmp_path, kind):
+    path = tmp_path / "bad.npz"
+    if kind == "garbage":
+        path.write_bytes(b"this is not a checkpoint \x00\x01\x02\xff" * 20)
+    elif kind == "truncated":
+        data = _real_checkpoint(tmp_path / "good.npz").read_bytes()
+        path.write_bytes(data[:len(data) // 2])
+    elif kind == "empty":
+        path.write_bytes(b"")
+    else:
+        path.mkdir()
+    with pytest.raises(CheckpointError, match=re.escape(str(path))):
+        load_checkpoint(path)
+    assert issubclass(CheckpointError, ValueError)
+
+
+def test_npy_file_is_not_a_checkpoint(tmp_path):
+    path = tmp_path / "array.npy"
+    np.save(path, np.arange(3))
+    with pytest.raises(CheckpointError, match=re.escape(str(path))):
+        load_checkpoint(path)
+
+
+def test_npz_without_header_raises_checkpoint_error(tmp_path):
+    path = tmp_path / "plain.npz"
+    np.savez(path, a=np.ones(3))
+    with pytest.raises(CheckpointError, match="cnnbook checkpoint") as info:
+        load_checkpoint(path)
+    assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize("header", [
+    json.dumps({"format": "other-program/3", "epoch": 1}),
+    json.dumps({"epoch": 1}),
+    json.dumps(["cnnbook-checkpoint/1"]),
+    "{not json",
+])
+def test_header_of_another_format_raises_checkpoint_error(tmp_path, header):
+    path = tmp_path / "other.npz"
+    np.savez(path, __header__=np.array(header), w=np.ones(2))
+    with pytest.raises(CheckpointError, match=re.escape(str(path))) as info:
+        load_checkpoint(path)
+    message = str(info.value)
+    assert "format" in message or "cnnbook checkpoint" in message
+    if header.startswith('{"format"'):
+        assert "other-program/3" in message and CHECKPOINT_FORMAT in message
+
+
+@pytest.mark.parametrize("change", [{"batch_size": 32}, {"widths": (4, 4, 8)}, {"seed": 3},
+                                    {"weight_decay": 0.0}])
+def test_checkpoint_of_a_run_with_other_settings_is_refused(tmp_path, change):
+    path = tmp_path / "run.npz"
+    _trainer(epochs=1, checkpoint=path).train()
+    before = path.read_bytes()
+    settings = {"epochs": 1, "checkpoint": path, **change}
+    trainer = _trainer(**settings)
+    with pytest.raises(CheckpointError, match="settings") as info:
+        trainer.train()
+    assert str(path) in str(info.value)
+    assert path.read_bytes() == before  # the other run's checkpoint is not overwritten
+
+
+@pytest.mark.parametrize("damage", ["shape", "missing"])
+def test_checkpoint_with_wrong_parameters_is_refused(tmp_path, damage):
+    path = tmp_path / "run.npz"
+    trainer = _trainer(epochs=1, checkpoint=path)
+    trainer.train()
+    arrays, meta = load_checkpoint(path)
+    if damage == "shape":
+        arrays["param/W_fc"] = np.zeros((4, 3), np.float32)
+    else:
+        del arrays["param/W_fc"]
+    meta.pop("format")
+    save_checkpoint(path, arrays, meta)
+    with pytest.raises(CheckpointError, match="W_fc"):
+        _trainer(epochs=1, checkpoint=path).train()
+
+
+def test_checkpoint_of_a_model_with_other_class_count_is_refused(tmp_path):
+    data = _data()
+    data["y_train"], data["y_test"] = data["y_train"] % 5, data["y_test"] % 5
+    path = tmp_path / "run.npz"
+    Trainer(_model(data), data, epochs=1, batch_size=16, checkpoint=path, verbose=False).train()
+    other = Trainer(_model(data, num_classes=5), data, epochs=1, batch_size=16, checkpoint=path,
+                    verbose=False)
+    with pytest.raises(CheckpointError, match="shape"):
+        other.train()
+
+
+def test_checkpoint_round_trip_restores_the_state(tmp_path):
+    path = tmp_path / "run.npz"
+    trainer = _trainer(epochs=2, checkpoint=path)
+    trainer.train()
+    other = _trainer(epochs=2, checkpoint=path)
+    other.restore(*load_checkpoint(path))
+    assert (other.epoch, other.step) == (2, trainer.step)
+    assert other.history == json.loads(json.dumps(trainer.history))
+    for k, v in trainer.model.params.items():
+        assert np.array_equal(other.model.params[k], v)
+        assert np.array_equal(other.configs[k]["velocity"], trainer.configs[k]["velocity"])
+    assert other.rng.bit_generator.state == trainer.rng.bit_generator.state
+    assert other.train() == other.history  # nothing left to do: no epoch runs
+
+
+# ---------------------------------------------------------------- atomic writes
+
+
+def test_save_checkpoint_round_trip_leaves_no_temporary_file(tmp_path):
+    path = tmp_path / "ckpt.npz"
+    arrays = {"param/W": np.arange(6, dtype=np.float32).reshape(2, 3), "v": np.ones(2)}
+    save_checkpoint(path, arrays, {"epoch": 3, "history": {"loss": [0.5]}})
+    save_checkpoint(path, arrays, {"epoch": 4, "history": {"loss": [0.5, 0.25]}})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.npz"]
+    loaded, meta = load_checkpoint(path)
+    assert meta == {"format": CHECKPOINT_FORMAT, "epoch": 4, "history": {"loss": [0.5, 0.25]}}
+    assert loaded.keys() == arrays.keys()
+    for k in arrays:
+        assert loaded[k].dtype == arrays[k].dtype and np.array_equal(loaded[k], arrays[k])
+
+
+def _failing_savez(f, *args, **kwargs):
+    f.write(b"PK\x03\x04 half of a zip file")
+    raise OSError("no space left on device (simulated)")
+
+
+def test_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "ckpt.npz"
+    old = {"param/W": np.full((3, 3), 7.0)}
+    save_checkpoint(path, old, {"epoch": 1})
+    monkeypatch.setattr(training.np, "savez", _failing_savez)
+    with pytest.raises(OSError, match="simulated"):
+        save_checkpoint(path, {"param/W": np.zeros((3, 3))}, {"epoch": 2})
+    monkeypatch.undo()
+    arrays, meta = load_checkpoint(path)
+    assert meta["epoch"] == 1
+    assert np.array_equal(arrays["param/W"], old["param/W"])
+    save_checkpoint(path, {"param/W": np.zeros((3, 3))}, {"epoch": 2})  # a later save works
+    assert load_checkpoint(path)[1]["epoch"] == 2
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_failed_save_leaves_no_temporary_file(tmp_path, monkeypatch):
+    path = tmp_path / "ckpt.npz"
+    save_checkpoint(path, {"w": np.ones(2)}, {"epoch": 1})
+    monkeypatch.setattr(training.np, "savez", _failing_savez)
+    with pytest.raises(OSError):
+        save_checkpoint(path, {"w": np.zeros(2)}, {"epoch": 2})
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+# ---------------------------------------------------------------- augmentation and schedule
+
+
+def test_random_crop_flip_shape_dtype_and_reproducibility():
+    X = _data(n_train=8, n_test=0)["X_train"]
+    copy = X.copy()
+    out = random_crop_flip(X, np.random.default_rng(5))
+    assert out.shape == X.shape and out.dtype == X.dtype
+    assert np.array_equal(X, copy)  # the input is not modified
+    assert np.array_equal(out, random_crop_flip(X, np.random.default_rng(5)))
+    assert not np.array_equal(out, random_crop_flip(X, np.random.default_rng(6)))
+
+
+def test_random_crop_flip_without_padding_only_mirrors():
+    X = _data(n_train=32, n_test=0, size=8)["X_train"]
+    out = random_crop_flip(X, np.random.default_rng(1), pad=0)
+    same = [np.array_equal(o, x) for o, x in zip(out, X)]
+    mirrored = [np.array_equal(o, x[:, ::-1]) for o, x in zip(out, X)]
+    assert all(s or m for s, m in zip(same, mirrored))
+    assert any(same) and any(mirrored)
+
+
+def test_random_crop_flip_is_a_shifted_crop_of_the_padded_image():
+    pad, X = 2, _data(n_train=6, n_test=0, size=8)["X_train"]
+    out = random_crop_flip(X, np.random.default_rng(2), pad=pad)
+    padded = np.pad(X, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    H, W = X.shape[1:3]
+    found = []
+    for n in range(len(X)):
+        crops = {(dy, dx): padded[n, dy:dy + H, dx:dx + W]
+                 for dy in range(2 * pad + 1) for dx in range(2 * pad + 1)}
+        matches = [(dy, dx, flip) for (dy, dx), crop in crops.items() for flip in (False, True)
+                   if np.array_equal(out[n], crop[:, ::-1] if flip else crop)]
+        assert matches, f"image {n} is no shifted (mirrored) crop of the padded input"
+        found.append(matches[0])
+    assert len(set(found)) > 1
+
+
+def test_one_cycle_lr():
+    total, peak = 100, 0.4
+    lrs = np.array([one_cycle_lr(s, total, peak, warmup=0.25) for s in range(total)])
+    assert lrs[0] == 0
+    assert lrs[25] == pytest.approx(peak) and lrs.max() == lrs[25]
+    assert np.all(np.diff(lrs[:26]) > 0)
+    assert np.all(np.diff(lrs[25:]) < 0)
+    assert lrs[-1] > 0
+    for step in (-1, total, total + 5):
+        with pytest.raises(ValueError, match="outside"):
+            one_cycle_lr(step, total, peak)
+
+
+# ---------------------------------------------------------------- sgd_nesterov
+
+
+def test_sgd_nesterov_matches_a_hand_computation():
+    rng = np.random.default_rng(0)
+    w0, dw1, dw2 = rng.standard_normal((3, 4, 5))
+    lr, mu, wd = 0.1, 0.9, 0.01
+    config = {"learning_rate": lr, "momentum": mu, "weight_decay": wd}
+    w1, config = sgd_nesterov(w0, dw1, config)
+    w2, config = sgd_nesterov(w1, dw2, config)
+    g1 = dw1 + wd * w0
+    v1 = g1
+    e1 = w0 - lr * (g1 + mu * v1)
+    g2 = dw2 + wd * e1
+    v2 = mu * v1 + g2
+    e2 = e1 - lr * (g2 + mu * v2)
+    assert np.allclose(w1, e1, rtol=1e-14, atol=1e-14)
+    assert np.allclose(w2, e2, rtol=1e-14, atol=1e-14)
+    assert np.allclose(config["velocity"], v2, rtol=1e-14, atol=1e-14)
+
+
+def test_sgd_nesterov_matches_torch():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(1)
+    w0, grads = rng.standard_normal((5, 6)), rng.standard_normal((3, 5, 6))
+    lr, mu, wd = 0.05, 0.9, 5e-4
+    param = torch.nn.Parameter(torch.tensor(w0))
+    opt = torch.optim.SGD([param], lr=lr, momentum=mu, nesterov=True, weight_decay=wd)
+    w, config = w0, {"learning_rate": lr, "momentum": mu, "weight_decay": wd}
+    for g in grads:
+        param.grad = torch.tensor(g)
+        opt.step()
+        w, config = sgd_nesterov(w, g, config)
+        assert np.allclose(w, param.detach().numpy(), rtol=1e-12, atol=1e-14)
+
+
+def test_sgd_nesterov_defaults_errors_and_dtype():
+    rng = np.random.default_rng(2)
+    w, dw = rng.standard_normal((2, 3)), rng.standard_normal((2, 3))
+    w_before = w.copy()
+    config = {"learning_rate": 0.1, "momentum": 0.5}
+    out, config = sgd_nesterov(w, dw, config)
+    assert config["weight_decay"] == 0
+    assert np.allclose(out, w - 0.1 * (dw + 0.5 * dw))
+    assert np.array_equal(w, w_before)  # not modified in place
+    with pytest.raises(ValueError, match="weight_decay"):
+        sgd_nesterov(w, dw, {"weight_decay": -1e-4})
+    w32, dw32 = w.astype(np.float32), dw.astype(np.float32)
+    out32, config32 = sgd_nesterov(w32, dw32, {"weight_decay": 1e-3})
+    out32, config32 = sgd_nesterov(out32, dw32, config32)
+    assert out32.dtype == np.float32 and config32["velocity"].dtype == np.float32
+
+
+# ---------------------------------------------------------------- softmax_loss_smooth
+
+
+def test_softmax_loss_smooth_without_smoothing_is_softmax_loss():
+    rng = np.random.default_rng(3)
+    x, y = rng.standard_normal((7, 5)) * 3, rng.integers(0, 5, 7)
+    loss, dx = softmax_loss_smooth(x, y, 0.0)
+    loss0, dx0 = softmax_loss(x, y)
+    assert loss == pytest.approx(loss0, rel=1e-12)
+    assert np.allclose(dx, dx0, rtol=1e-12, atol=1e-15)
+
+
+def test_softmax_loss_smooth_value_and_gradient():
+    rng = np.random.default_rng(4)
+    x, y, s = rng.standard_normal((6, 4)), rng.integers(0, 4, 6), 0.1
+    loss, dx = softmax_loss_smooth(x, y, s)
+    log_p = x - np.log(np.exp(x).sum(axis=1, keepdims=True))
+    expected = -((1 - s) * log_p[np.arange(6), y] + s * log_p.mean(axis=1)).mean()
+    assert loss == pytest.approx(expected, rel=1e-12)
+    num = eval_numerical_gradient_array(lambda v: np.array(softmax_loss_smooth(v, y, s)[0]),
+                                        x, np.array(1.0))
+    assert rel_error(dx, num) < 1e-7
+
+
+@pytest.mark.parametrize("smoothing", [1.0, -0.1, 1.5])
+def test_softmax_loss_smooth_rejects_bad_smoothing(smoothing):
+    with pytest.raises(ValueError, match="smoothing"):
+        softmax_loss_smooth(np.zeros((2, 3)), np.array([0, 1]), smoothing)
+
+
+# ---------------------------------------------------------------- channels-last layers
+
+
+def _naive_conv(x, w, pad, dout):
+    """conv_forward_naive / conv_backward_naive (NCHW, zero bias) on NHWC arrays."""
+    x_nchw, w_fchw = x.transpose(0, 3, 1, 2), w.transpose(3, 2, 0, 1)
+    out, cache = conv_forward_naive(x_nchw, w_fchw, np.zeros(w.shape[3]),
+                                    {"stride": 1, "pad": pad})
+    dx, dw, _ = conv_backward_naive(dout.transpose(0, 3, 1, 2), cache)
+    return out.transpose(0, 2, 3, 1), dx.transpose(0, 2, 3, 1), dw.transpose(2, 3, 1, 0)
+
+
+def _conv_case(k, pad, H, W, N=3, C=2, F=4, dtype=np.float64, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((N, H, W, C)).astype(dtype)
+    w = rng.standard_normal((k, k, C, F)).astype(dtype)
+    dout = rng.standard_normal((N, H + 2 * pad - k + 1, W + 2 * pad - k + 1, F)).astype(dtype)
+    return x, w, dout
+
+
+@pytest.mark.parametrize("k, pad, H, W", [(3, 1, 5, 7), (2, 0, 5, 7), (3, 0, 7, 5),
+                                          (3, 1, 1, 1), (1, 0, 3, 4), (3, 2, 4, 5)])
+def test_conv_matches_the_naive_convolution(k, pad, H, W):
+    x, w, dout = _conv_case(k, pad, H, W)
+    out, cache = nhwc.conv_forward(x, w, pad)
+    dx, dw = nhwc.conv_backward(dout, cache)
+    ref_out, ref_dx, ref_dw = _naive_conv(x, w, pad, dout)
+    assert out.shape == ref_out.shape and dx.shape == x.shape and dw.shape == w.shape
+    assert rel_error(out, ref_out) < 1e-12
+    assert rel_error(dx, ref_dx) < 1e-12
+    assert rel_error(dw, ref_dw) < 1e-12
+    assert nhwc.conv_backward(dout, cache, need_dx=False)[0] is None
+
+
+@pytest.mark.parametrize("k, pad", [(1, 1), (2, 2)])
+def test_conv_backward_with_padding_wider_than_the_filter(k, pad):
+    x, w, dout = _conv_case(k, pad, 4, 5)
+    out, cache = nhwc.conv_forward(x, w, pad)
+    dx, dw = nhwc.conv_backward(dout, cache)
+    _, ref_dx, ref_dw = _naive_conv(x, w, pad, dout)
+    assert rel_error(dx, ref_dx) < 1e-12 and rel_error(dw, ref_dw) < 1e-12
+
+
+def test_conv_in_chunks_gives_the_same_result(monkeypatch):
+    x, w, dout = _conv_case(3, 1, 6, 5, N=5)
+    out, cache = nhwc.conv_forward(x, w, 1)
+    dx, dw = nhwc.conv_backward(dout, cache)
+    monkeypatch.setattr(nhwc, "CONV_CHUNK", 2)
+    out2, cache2 = nhwc.conv_forward(x, w, 1)
+    dx2, dw2 = nhwc.conv_backward(dout, cache2)
+    assert np.allclose(out, out2, rtol=1e-13, atol=1e-13)
+    assert np.allclose(dx, dx2, rtol=1e-13, atol=1e-13)
+    assert np.allclose(dw, dw2, rtol=1e-13, atol=1e-13)
+
+
+def test_conv_keeps_float32():
+    x, w, dout = _conv_case(3, 1, 5, 5, dtype=np.float32)
+    out, cache = nhwc.conv_forward(x, w, 1)
+    dx, dw = nhwc.conv_backward(dout, cache)
+    assert out.dtype == dx.dtype == dw.dtype == np.float32
+    ref_out, ref_dx, ref_dw = _naive_conv(x.astype(np.float64), w.astype(np.float64), 1,
+                                          dout.astype(np.float64))
+    assert rel_error(out, ref_out) < 1e-5 and rel_error(dw, ref_dw) < 1e-5
+
+
+def test_conv_errors_name_the_shapes():
+    x, w, dout = _conv_case(3, 1, 5, 5)
+    with pytest.raises(ValueError, match=re.escape("(3, 5, 5)")):
+        nhwc.conv_forward(x[:, :, :, 0], w, 1)
+    w4 = np.zeros((3, 3, 4, 2))
+    with pytest.raises(ValueError, match=re.escape(f"{x.shape}") + ".*" + re.escape(f"{w4.shape}")):
+        nhwc.conv_forward(x, w4, 1)
+    with pytest.raises(ValueError, match="float64.*float32"):
+        nhwc.conv_forward(x, w.astype(np.float32), 1)
+    _, cache = nhwc.conv_forward(x, w, 1)
+    wrong = re.escape(f"{dout.shape}") + ".*" + re.escape("(3, 5, 4, 4)")
+    with pytest.raises(ValueError, match=wrong):
+        nhwc.conv_backward(dout[:, :, :4], cache)
+    with pytest.raises(ValueError, match="5x5 filter.*4x4"):
+        nhwc.conv_forward(np.zeros((1, 4, 4, 2)), np.zeros((5, 5, 2, 3)), 0)
+    with pytest.raises(ValueError, match="float"):
+        nhwc.conv_forward(x.astype(np.int64), w.astype(np.int64), 1)
+
+
+def _rand(shape, seed=0):
+    return np.random.default_rng(seed).standard_normal(shape)
+
+
+def test_max_pool_on_odd_sizes():
+    x, dout = _rand((2, 5, 7, 3)), _rand((2, 2, 3, 3), seed=1)
+    out, cache = nhwc.max_pool_forward(x)
+    expected = x[:, :4, :6].reshape(2, 2, 2, 3, 2, 3).max(axis=(2, 4))
+    assert np.array_equal(out, expected)
+    dx = nhwc.max_pool_backward(dout, cache)
+    num = eval_numerical_gradient_array(lambda v: nhwc.max_pool_forward(v)[0], x, dout)
+    assert rel_error(dx, num) < 1e-9
+    assert not dx[:, 4].any() and not dx[:, :, 6].any()  # the dropped last row and column
+    with pytest.raises(ValueError, match="smaller than the 2x2 window"):
+        nhwc.max_pool_forward(np.zeros((1, 1, 4, 2)))
+
+
+def test_max_pool_routes_a_tie_to_one_entry():
+    x = np.ones((1, 2, 2, 1))
+    out, cache = nhwc.max_pool_forward(x)
+    dx = nhwc.max_pool_backward(np.full((1, 1, 1, 1), 3.0), cache)
+    assert out.item() == 1 and dx.sum() == 3 and np.count_nonzero(dx) == 1
+
+
+def test_batchnorm_relu_gradient_and_test_mode():
+    x, dout = _rand((3, 4, 5, 2)) * 2 + 1, _rand((3, 4, 5, 2), seed=1)
+    gamma, beta = np.array([1.5, 0.7]), np.array([0.2, -0.1])
+    bn_param = {"mode": "train"}
+    out, cache = nhwc.batchnorm_relu_forward(x, gamma, beta, bn_param)
+    dx, dgamma, dbeta = nhwc.batchnorm_relu_backward(dout, cache)
+    fwd = lambda a, g, b: nhwc.batchnorm_relu_forward(a, g, b, {"mode": "train"})[0]  # noqa: E731
+    assert rel_error(dx, eval_numerical_gradient_array(lambda v: fwd(v, gamma, beta), x,
+                                                       dout)) < 1e-7
+    assert rel_error(dgamma, eval_numerical_gradient_array(lambda v: fwd(x, v, beta), gamma,
+                                                           dout)) < 1e-7
+    assert rel_error(dbeta, eval_numerical_gradient_array(lambda v: fwd(x, gamma, v), beta,
+                                                          dout)) < 1e-7
+    assert set(bn_param) >= {"running_mean", "running_var"}
+    test_out, _ = nhwc.batchnorm_relu_forward(x, gamma, beta, dict(bn_param, mode="test"))
+    assert test_out.shape == x.shape and (test_out >= 0).all()
+    with pytest.raises(ValueError, match="running averages"):
+        nhwc.batchnorm_relu_forward(x, gamma, beta, {"mode": "test"})
+    with pytest.raises(ValueError, match="gamma"):
+        nhwc.batchnorm_relu_forward(x, np.ones(3), beta, {"mode": "train"})
+
+
+def test_batchnorm_relu_backward_rejects_dout_of_another_shape():
+    x = _rand((2, 4, 6, 3))
+    _, cache = nhwc.batchnorm_relu_forward(x, np.ones(3), np.zeros(3), {"mode": "train"})
+    with pytest.raises(ValueError, match=re.escape(f"{x.shape}")):
+        nhwc.batchnorm_relu_backward(np.ones((2, 6, 4, 3)), cache)
+
+
+def test_global_avg_pool_gradient():
+    x, dout = _rand((2, 3, 5, 4)), _rand((2, 4), seed=1)
+    out, cache = nhwc.global_avg_pool_forward(x)
+    assert np.allclose(out, x.mean(axis=(1, 2)))
+    dx = nhwc.global_avg_pool_backward(dout, cache)
+    num = eval_numerical_gradient_array(lambda v: nhwc.global_avg_pool_forward(v)[0], x, dout)
+    assert dx.shape == x.shape and rel_error(dx, num) < 1e-9
+    with pytest.raises(ValueError, match=re.escape("(2, 4)")):
+        nhwc.global_avg_pool_backward(np.ones((2, 5)), cache)
+
+
+def test_residual_block_gradient_and_shape_check():
+    x, dout = _rand((2, 4, 4, 3)), _rand((2, 4, 4, 3), seed=1)
+    w, gamma, beta = _rand((3, 3, 3, 3), seed=2) * 0.3, np.ones(3), np.full(3, 0.1)
+    out, cache = nhwc.residual_forward(x, w, gamma, beta, {"mode": "train"})
+    dx, dw, _, _ = nhwc.residual_backward(dout, cache)
+    fwd = lambda a, b: nhwc.residual_forward(a, b, gamma, beta, {"mode": "train"})[0]  # noqa: E731
+    assert rel_error(dx, eval_numerical_gradient_array(lambda v: fwd(v, w), x, dout)) < 1e-6
+    assert rel_error(dw, eval_numerical_gradient_array(lambda v: fwd(x, v), w, dout)) < 1e-6
+    with pytest.raises(ValueError, match=re.escape("(3, 3, 3, 6)")):
+        nhwc.residual_forward(x, _rand((3, 3, 3, 6)), np.ones(6), np.zeros(6), {"mode": "train"})
+
+
+# ---------------------------------------------------------------- FastConvNet
+
+
+def test_fast_convnet_rejects_channels_first():
+    model = _model(_data())
+    with pytest.raises(ValueError, match="channels last"):
+        model.loss(np.zeros((2, 3, 32, 32), np.float32))
+    with pytest.raises(ValueError, match="16x16"):
+        model.loss(np.zeros((2, 8, 8, 3), np.float32))
+    with pytest.raises(ValueError, match="widths"):
+        FastConvNet(model.whitening, widths=(4, 4))
+
+
+def test_fast_convnet_scores_and_grads():
+    data = _data()
+    model = _model(data, widths=(4, 5, 6), num_classes=7)
+    X = normalize(data["X_train"][:6], *channel_stats(data["X_train"]))
+    y = data["y_train"][:6] % 7
+    with pytest.raises(ValueError, match="running averages"):
+        model.loss(X)  # test mode needs the batch-norm statistics of a training pass
+    loss, grads = model.loss(X, y)
+    assert np.isfinite(loss) and model.train_scores.shape == (6, 7)
+    scores = model.loss(X)
+    assert scores.shape == (6, 7) and scores.dtype == np.float32
+    assert grads.keys() == model.params.keys()
+    for k, p in model.params.items():
+        assert grads[k].shape == p.shape and grads[k].dtype == p.dtype, k
+    assert model.params["W3r"].shape == (3, 3, 6, 6) and model.params["W1"].shape[2] == 24
+
+
+def test_fast_convnet_gradient_in_float64():
+    data = _data(n_train=4, n_test=0)
+    model = _model(data, widths=(2, 3, 2), dtype=np.float64, smoothing=0.1, scale=1.0)
+    X = normalize(data["X_train"], *channel_stats(data["X_train"])).astype(np.float64)
+    y = data["y_train"]
+    _, grads = model.loss(X, y)
+    for name in ("W_fc", "b_fc", "gamma3r", "beta2", "W3"):
+        p = model.params[name]
+        num = eval_numerical_gradient_array(lambda v: np.array(model.loss(X, y)[0]), p,
+                                            np.array(1.0))
+        assert rel_error(grads[name], num) < 1e-5, name
+
+
+# ---------------------------------------------------------------- memory
+
+
+def test_keep_freed_memory_returns_a_bool():
+    # In a subprocess: the call changes how this process's allocator behaves.
+    code = ("from cnnbook.training import keep_freed_memory; r = keep_freed_memory(); "
+            "print(type(r).__name__, r)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT / "src")), timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    kind, value = proc.stdout.split()
+    assert kind == "bool"
+    if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
+        assert value == "True"

@@ -257,6 +257,16 @@ def test_checkpoint_with_wrong_parameters_is_refused(tmp_path, damage):
         _trainer(epochs=1, checkpoint=path).train()
 
 
+def test_checkpoint_of_a_model_with_other_whitening_filters_is_refused(tmp_path):
+    data = _data()
+    path = tmp_path / "run.npz"
+    Trainer(_model(data), data, epochs=1, batch_size=16, checkpoint=path, verbose=False).train()
+    model = _model(data)
+    model.whitening = model.whitening * 2
+    with pytest.raises(CheckpointError, match="whitening"):
+        Trainer(model, data, epochs=1, batch_size=16, checkpoint=path, verbose=False).train()
+
+
 def test_checkpoint_of_a_model_with_other_class_count_is_refused(tmp_path):
     data = _data()
     data["y_train"], data["y_test"] = data["y_train"] % 5, data["y_test"] % 5
@@ -585,8 +595,13 @@ def test_batchnorm_relu_gradient_and_test_mode():
     assert rel_error(dbeta, eval_numerical_gradient_array(lambda v: fwd(x, gamma, v), beta,
                                                           dout)) < 1e-7
     assert set(bn_param) >= {"running_mean", "running_var"}
-    test_out, _ = nhwc.batchnorm_relu_forward(x, gamma, beta, dict(bn_param, mode="test"))
+    test_param = dict(bn_param, mode="test")
+    test_out, test_cache = nhwc.batchnorm_relu_forward(x, gamma, beta, test_param)
     assert test_out.shape == x.shape and (test_out >= 0).all()
+    # test mode: fixed statistics, the gradient of an affine map (then the ReLU)
+    dx_test = nhwc.batchnorm_relu_backward(dout, test_cache)[0]
+    fwd_test = lambda a: nhwc.batchnorm_relu_forward(a, gamma, beta, dict(test_param))[0]  # noqa
+    assert rel_error(dx_test, eval_numerical_gradient_array(fwd_test, x, dout)) < 1e-7
     with pytest.raises(ValueError, match="running averages"):
         nhwc.batchnorm_relu_forward(x, gamma, beta, {"mode": "test"})
     with pytest.raises(ValueError, match="gamma"):

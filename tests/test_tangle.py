@@ -350,3 +350,25 @@ def test_book_label_names_the_class_of_methods():
         "Exported to cnnbook.m (src/cnnbook/m.py)",
         "Exported to cnnbook.m, class Net (src/cnnbook/m.py)",
     ]
+
+
+def test_docstrings_say_where_the_book_explains_them():
+    """help(cnnbook.X.f) names the chapter and section that explain f (the tangler adds it)."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    import cnnbook
+    import cnnbook.layers
+
+    doc = cnnbook.layers.conv_forward_naive.__doc__
+    assert 'Explained in the chapter "The convolutional layer" (book/convolution.md)' in doc
+    missing = []
+    for info in pkgutil.iter_modules(cnnbook.__path__):
+        module = importlib.import_module(f"cnnbook.{info.name}")
+        for name, obj in vars(module).items():
+            if (not name.startswith("_") and (inspect.isfunction(obj) or inspect.isclass(obj))
+                    and obj.__module__ == module.__name__
+                    and "Explained in the chapter" not in (obj.__doc__ or "")):
+                missing.append(f"{module.__name__}.{name}")
+    assert not missing, missing

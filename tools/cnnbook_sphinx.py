@@ -18,6 +18,9 @@
 5. A page with cells tagged ``data-dependent`` says at the top which copy of CIFAR-10 its
    outputs were computed on (from the fingerprint stored with its reference outputs), and
    each such cell is labelled.
+6. The student edition of every chapter with exercises (``tools/make_exercises.py``) is written
+   to ``exercises/NAME.ipynb`` in the site, and the chapter's page links to it: a download, and
+   a Binder launch of the same notebook (Binder's postBuild generates it there).
 """
 from __future__ import annotations
 
@@ -212,8 +215,76 @@ def _remember_app(app):
     _app = app
 
 
+def _student_editions():
+    """{chapter stem: (student notebook, number of exercises)} for the toc's chapters."""
+    import make_exercises
+    from chapters import chapters
+
+    out = {}
+    for path in chapters():
+        nb, exercises = make_exercises.student_edition(path)
+        if exercises:
+            out[path.stem] = (nb, len(exercises))
+    return out
+
+
+def _binder_url(app, stem):
+    config = app.config.html_theme_options or {}
+    repo = (config.get("repository_url") or "").rstrip("/")
+    hub = (config.get("launch_buttons") or {}).get("binderhub_url", "https://mybinder.org")
+    branch = config.get("repository_branch") or "main"
+    if not repo.startswith("https://github.com/"):
+        return None
+    org_repo = repo[len("https://github.com/"):]
+    return (f"{hub.rstrip('/')}/v2/gh/{org_repo}/{branch}"
+            f"?urlpath=tree/_build/exercises/{stem}.ipynb")
+
+
+def _link_student_edition(app, doctree):
+    """A note at the top of a chapter with exercises: where its student edition is."""
+    from docutils import nodes
+
+    stem = Path(app.env.doc2path(app.env.docname)).stem
+    editions = getattr(app, "_cnnbook_exercises", None)
+    if editions is None:
+        editions = app._cnnbook_exercises = {k: n for k, (_, n) in _student_editions().items()}
+    if stem not in editions or not app.env.docname.startswith("book/"):
+        return
+    note = nodes.admonition(classes=["tip", "cnnbook-exercises"])
+    note += nodes.title("", "Student edition")
+    text = nodes.paragraph()
+    text += nodes.Text(f"Write the {editions[stem]} functions of this chapter yourself: the "
+                       "student edition keeps the prose, the signatures, the docstrings and the "
+                       "checks, and leaves the bodies to you. ")
+    text += nodes.reference("", f"Download {stem}.ipynb", refuri=f"../exercises/{stem}.ipynb")
+    binder = _binder_url(app, stem)
+    if binder:
+        text += nodes.Text(" or ")
+        text += nodes.reference("", "open it on Binder", refuri=binder)
+    text += nodes.Text(".")
+    note += text
+    section = next(iter(doctree.findall(nodes.section)), None)
+    if section is not None and section.children and isinstance(section[0], nodes.title):
+        section.insert(1, note)
+    else:
+        doctree.insert(0, note)
+
+
+def _write_student_editions(app, exception):
+    import nbformat
+
+    if exception is not None or app.builder.format != "html":
+        return
+    out = Path(app.outdir) / "exercises"
+    out.mkdir(exist_ok=True)
+    for stem, (nb, _) in _student_editions().items():
+        nbformat.write(nb, out / f"{stem}.ipynb")
+
+
 def setup(app):
     _remember_app(app)
+    app.connect("doctree-read", _link_student_edition)
+    app.connect("build-finished", _write_student_editions)
     app.connect("builder-inited", _remember_app)
     app.connect("build-finished", _copy_mathjax)
     app.connect("html-page-context", _dedupe_scripts, priority=900)

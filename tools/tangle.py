@@ -100,6 +100,8 @@ class Module:
     classes: dict[str, ClassInfo] = field(default_factory=dict)
     # top-level name -> (block index, 0-based line) of its first binding (imports included)
     bound: dict[str, tuple[int, int]] = field(default_factory=dict)
+    # public function or class -> where the book explains it, for its docstring
+    explained: dict[str, str] = field(default_factory=dict)
 
 
 def _refers_to_add_to_class(decorator: ast.expr) -> bool:
@@ -340,7 +342,8 @@ def collect(root: Path = ROOT) -> dict[str, Module]:
         except ChapterError as exc:
             errors.append(str(exc))
             continue
-        for cell, line in zip(code_cells(nb), lines):
+        sections = _code_cell_sections(nb)
+        for cell, line, (title, section) in zip(code_cells(nb), lines, sections):
             where = f"{chapter}:{line}"
             tags = [t for t in cell.metadata.get("tags", []) if str(t).startswith(EXPORT_PREFIX)]
             if not tags:
@@ -369,6 +372,11 @@ def collect(root: Path = ROOT) -> dict[str, Module]:
                 )
                 continue
             module = modules.setdefault(module_name, Module(module_name))
+            for node in tree.body:
+                if (isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+                        and not node.name.startswith("_") and method_class(node) == (None, None)):
+                    module.explained[node.name] = (f'the chapter "{title}" ({chapter}), '
+                                                   f'section "{section}"')
             for name, lineno, _kind in _top_level_definitions(tree):
                 here = f"{chapter}:{line + lineno - 1}"
                 if name in module.defined:
@@ -394,6 +402,23 @@ def collect(root: Path = ROOT) -> dict[str, Module]:
     if errors:
         raise ChapterError("\n".join(errors))
     return modules
+
+
+def _code_cell_sections(nb) -> list[tuple[str, str]]:
+    """(chapter title, title of the section it is in) for each code cell of a chapter."""
+    title = section = ""
+    out = []
+    for cell in nb.cells:
+        if cell.cell_type == "markdown":
+            for text in cell.source.splitlines():
+                match = re.match(r"(#{1,3})\s+(.+)", text)
+                if match:
+                    section = match[2].strip()
+                    if len(match[1]) == 1 and not title:
+                        title = section
+        elif cell.cell_type == "code":
+            out.append((title, section))
+    return out
 
 
 def exported_module(tag: str):
@@ -424,6 +449,14 @@ def render(module: Module) -> str:
         out.append("")
         out.append(f"{_SEPARATOR} {block.chapter}:{block.line} {'-' * 4}")
         out.append(text)
+    if module.explained:
+        out += ["", "", f"{_SEPARATOR} where the book explains each definition (tools/tangle.py) "
+                f"{'-' * 4}", "_EXPLAINED_IN = {"]
+        out += [f"    {name!r}: {where!r}," for name, where in module.explained.items()]
+        out += ["}", "for _name, _where in _EXPLAINED_IN.items():",
+                "    _doc = (globals()[_name].__doc__ or \"\").rstrip()",
+                "    globals()[_name].__doc__ = f\"{_doc}\\n\\n    Explained in {_where}.\\n\"",
+                "del _name, _where, _doc"]
     return "\n".join(out) + "\n"
 
 

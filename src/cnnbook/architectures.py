@@ -537,3 +537,33 @@ def googlenet():
         if name in ("3b", "4e"):
             spec.append(pool(3, 2, rounding="ceil", name=f"pool{int(name[0])}"))
     return spec + [avgpool(7, 1, name="avgpool"), fc(1000, name="linear")]
+
+
+# ---- where the book explains each definition (tools/tangle.py) ----
+_EXPLAINED_IN = {
+    'input_layer': 'the chapter "ConvNet architectures, sizing rules and case studies" (book/architectures.md), section "A spec: a network as a list of layers"',
+    'conv': 'the chapter "ConvNet architectures, sizing rules and case studies" (book/architectures.md), section "A spec: a network as a list of layers"',
+    'relu': 'the chapter "ConvNet architectures, sizing rules and case studies" (book/architectures.md), section "A spec: a network as a list of layers"',
+    'pool': 'the chapter "ConvNet architectures, sizing rules and case studies" (book/architectures.md), section "A spec: a network as a list of layers"',
+    'avgpool': 'the chapter "ConvNet architectures, sizing rules and case studies" (book/architectures.md), section "A spec: a network as a list of layers"',
+    'fc': 'the chapter "ConvNet architectures, sizing rules and case studies" (book/architectures.md), section "A spec: a network as a list of layers"',
+    'inception': 'the chapter "ConvNet architectures, sizing rules and case studies" (book/architectures.md), section "A spec: a network as a list of layers"',
+    'check_spec': 'the chapter "ConvNet architectures, sizing rules and case studies" (book/architectures.md), section "A spec: a network as a list of layers"',
+    'layer_table': 'the chapter "ConvNet architectures, sizing rules and case studies" (book/architectures.md), section "Shapes, parameters, multiply-adds and activations"',
+    'table_totals': 'the chapter "ConvNet architectures, sizing rules and case studies" (book/architectures.md), section "Shapes, parameters, multiply-adds and activations"',
+    'format_table': 'the chapter "ConvNet architectures, sizing rules and case studies" (book/architectures.md), section "Shapes, parameters, multiply-adds and activations"',
+    'pattern_spec': 'the chapter "ConvNet architectures, sizing rules and case studies" (book/architectures.md), section "The layer pattern"',
+    'SpecNet': 'the chapter "ConvNet architectures, sizing rules and case studies" (book/architectures.md), section "A model from a spec"',
+    'receptive_field': 'the chapter "ConvNet architectures, sizing rules and case studies" (book/architectures.md), section "Small filters, stacked"',
+    'traced_memory': 'the chapter "ConvNet architectures, sizing rules and case studies" (book/architectures.md), section "Small filters, stacked"',
+    'check_sizing_rules': 'the chapter "ConvNet architectures, sizing rules and case studies" (book/architectures.md), section "Sizing rules"',
+    'lenet5': 'the chapter "ConvNet architectures, sizing rules and case studies" (book/architectures.md), section "Case studies"',
+    'alexnet': 'the chapter "ConvNet architectures, sizing rules and case studies" (book/architectures.md), section "Case studies"',
+    'zfnet': 'the chapter "ConvNet architectures, sizing rules and case studies" (book/architectures.md), section "Case studies"',
+    'vgg16': 'the chapter "ConvNet architectures, sizing rules and case studies" (book/architectures.md), section "Case studies"',
+    'googlenet': 'the chapter "ConvNet architectures, sizing rules and case studies" (book/architectures.md), section "Case studies"',
+}
+for _name, _where in _EXPLAINED_IN.items():
+    _doc = (globals()[_name].__doc__ or "").rstrip()
+    globals()[_name].__doc__ = f"{_doc}\n\n    Explained in {_where}.\n"
+del _name, _where, _doc

@@ -535,3 +535,17 @@ from cnnbook.nhwc import (conv_bn_relu_backward, conv_bn_relu_forward, conv_forw
 
 # ---- book/fast_training.md:713 ----
 from cnnbook.layers import softmax_loss_smooth
+
+
+# ---- where the book explains each definition (tools/tangle.py) ----
+_EXPLAINED_IN = {
+    'TwoLayerNet': 'the chapter "Fully-connected networks" (book/fc_nets.md), section "A two-layer network"',
+    'FullyConnectedNet': 'the chapter "Fully-connected networks" (book/fc_nets.md), section "A network of any depth"',
+    'ThreeLayerConvNet': 'the chapter "A three-layer ConvNet" (book/convnet.md), section "The network"',
+    'whitening_filters': 'the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "The network"',
+    'FastConvNet': 'the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "The network"',
+}
+for _name, _where in _EXPLAINED_IN.items():
+    _doc = (globals()[_name].__doc__ or "").rstrip()
+    globals()[_name].__doc__ = f"{_doc}\n\n    Explained in {_where}.\n"
+del _name, _where, _doc

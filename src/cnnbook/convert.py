@@ -78,3 +78,14 @@ def fc_stack_to_conv(layers, input_shape):
         convs.append((w, b))
         shape = (w.shape[0], 1, 1)
     return convs
+
+
+# ---- where the book explains each definition (tools/tangle.py) ----
+_EXPLAINED_IN = {
+    'fc_to_conv': 'the chapter "From fully-connected layers to convolutions" (book/fc_to_conv.md), section "The conversion in the package"',
+    'fc_stack_to_conv': 'the chapter "From fully-connected layers to convolutions" (book/fc_to_conv.md), section "The conversion in the package"',
+}
+for _name, _where in _EXPLAINED_IN.items():
+    _doc = (globals()[_name].__doc__ or "").rstrip()
+    globals()[_name].__doc__ = f"{_doc}\n\n    Explained in {_where}.\n"
+del _name, _where, _doc

@@ -522,3 +522,22 @@ def get_cifar10_data(num_training=49000, num_validation=1000, num_test=1000, sub
         data[f"X_{split}"] = X
         data[f"y_{split}"] = y.copy()
     return data
+
+
+# ---- where the book explains each definition (tools/tangle.py) ----
+_EXPLAINED_IN = {
+    'DatasetUnavailableError': 'the chapter "The CIFAR-10 dataset" (book/cifar10.md), section "The file format"',
+    'ChecksumError': 'the chapter "The CIFAR-10 dataset" (book/cifar10.md), section "The file format"',
+    'load_batch': 'the chapter "The CIFAR-10 dataset" (book/cifar10.md), section "The file format"',
+    'default_cache_dir': 'the chapter "The CIFAR-10 dataset" (book/cifar10.md), section "Where the data comes from"',
+    'fetch_cifar10': 'the chapter "The CIFAR-10 dataset" (book/cifar10.md), section "Where the data comes from"',
+    'find_cifar10': 'the chapter "The CIFAR-10 dataset" (book/cifar10.md), section "Where the data comes from"',
+    'load_cifar10': 'the chapter "The CIFAR-10 dataset" (book/cifar10.md), section "Where the data comes from"',
+    'cifar10_fingerprint': 'the chapter "The CIFAR-10 dataset" (book/cifar10.md), section "Which copy of CIFAR-10?"',
+    'loaded_fingerprints': 'the chapter "The CIFAR-10 dataset" (book/cifar10.md), section "Which copy of CIFAR-10?"',
+    'get_cifar10_data': 'the chapter "The CIFAR-10 dataset" (book/cifar10.md), section "Preprocessing for the networks"',
+}
+for _name, _where in _EXPLAINED_IN.items():
+    _doc = (globals()[_name].__doc__ or "").rstrip()
+    globals()[_name].__doc__ = f"{_doc}\n\n    Explained in {_where}.\n"
+del _name, _where, _doc

@@ -178,3 +178,20 @@ def avg_pool_backward_fast(dout, cache):
     for dx_view in reversed(_pool_views(dx, PH, PW, S, H_out, W_out)):  # the naive loop's order
         dx_view += share
     return dx
+
+
+# ---- where the book explains each definition (tools/tangle.py) ----
+_EXPLAINED_IN = {
+    'im2col': 'the chapter "The convolutional layer" (book/convolution.md), section "Fast layers"',
+    'col2im': 'the chapter "The convolutional layer" (book/convolution.md), section "Fast layers"',
+    'conv_forward_fast': 'the chapter "The convolutional layer" (book/convolution.md), section "Fast layers"',
+    'conv_backward_fast': 'the chapter "The convolutional layer" (book/convolution.md), section "Fast layers"',
+    'max_pool_forward_fast': 'the chapter "The pooling layer" (book/pooling.md), section "Fast pooling"',
+    'max_pool_backward_fast': 'the chapter "The pooling layer" (book/pooling.md), section "Fast pooling"',
+    'avg_pool_forward_fast': 'the chapter "The pooling layer" (book/pooling.md), section "Fast pooling"',
+    'avg_pool_backward_fast': 'the chapter "The pooling layer" (book/pooling.md), section "Fast pooling"',
+}
+for _name, _where in _EXPLAINED_IN.items():
+    _doc = (globals()[_name].__doc__ or "").rstrip()
+    globals()[_name].__doc__ = f"{_doc}\n\n    Explained in {_where}.\n"
+del _name, _where, _doc

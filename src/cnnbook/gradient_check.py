@@ -214,3 +214,16 @@ def grad_check_sparse(f, x, analytic_grad, num_checks=10, h=1e-5, seed=None):
         print(f"numerical: {grad_numerical:.6g} analytic: {grad_analytic:.6g}, "
               f"relative error: {rel_errors[i]:.1e}")
     return rel_errors
+
+
+# ---- where the book explains each definition (tools/tangle.py) ----
+_EXPLAINED_IN = {
+    'eval_numerical_gradient': 'the chapter "Layers and gradient checking" (book/gradient_checking.md), section "Numerical gradients"',
+    'rel_error': 'the chapter "Layers and gradient checking" (book/gradient_checking.md), section "Relative error"',
+    'eval_numerical_gradient_array': 'the chapter "Layers and gradient checking" (book/gradient_checking.md), section "Checking a layer\'s backward pass"',
+    'grad_check_sparse': 'the chapter "Layers and gradient checking" (book/gradient_checking.md), section "Checking a few coordinates"',
+}
+for _name, _where in _EXPLAINED_IN.items():
+    _doc = (globals()[_name].__doc__ or "").rstrip()
+    globals()[_name].__doc__ = f"{_doc}\n\n    Explained in {_where}.\n"
+del _name, _where, _doc

@@ -105,3 +105,20 @@ def conv_bn_relu_backward(dout, cache):
     da, dgamma, dbeta = spatial_batchnorm_backward(dan, bn_cache)
     dx, dw, db = conv_backward_fast(da, conv_cache)
     return dx, dw, db, dgamma, dbeta
+
+
+# ---- where the book explains each definition (tools/tangle.py) ----
+_EXPLAINED_IN = {
+    'affine_relu_forward': 'the chapter "Fully-connected layers" (book/fc_layers.md), section "Sandwich layers"',
+    'affine_relu_backward': 'the chapter "Fully-connected layers" (book/fc_layers.md), section "Sandwich layers"',
+    'conv_relu_forward': 'the chapter "A three-layer ConvNet" (book/convnet.md), section "Sandwich layers"',
+    'conv_relu_backward': 'the chapter "A three-layer ConvNet" (book/convnet.md), section "Sandwich layers"',
+    'conv_relu_pool_forward': 'the chapter "A three-layer ConvNet" (book/convnet.md), section "Sandwich layers"',
+    'conv_relu_pool_backward': 'the chapter "A three-layer ConvNet" (book/convnet.md), section "Sandwich layers"',
+    'conv_bn_relu_forward': 'the chapter "A three-layer ConvNet" (book/convnet.md), section "Sandwich layers"',
+    'conv_bn_relu_backward': 'the chapter "A three-layer ConvNet" (book/convnet.md), section "Sandwich layers"',
+}
+for _name, _where in _EXPLAINED_IN.items():
+    _doc = (globals()[_name].__doc__ or "").rstrip()
+    globals()[_name].__doc__ = f"{_doc}\n\n    Explained in {_where}.\n"
+del _name, _where, _doc

@@ -961,3 +961,37 @@ def softmax_loss_smooth(x, y, smoothing=0.0):
     target[np.arange(N), y] += 1 - smoothing
     loss = -(target * log_probs).sum() / N
     return loss, (np.exp(log_probs) - target) / N
+
+
+# ---- where the book explains each definition (tools/tangle.py) ----
+_EXPLAINED_IN = {
+    'affine_forward': 'the chapter "Fully-connected layers" (book/fc_layers.md), section "The affine layer"',
+    'affine_backward': 'the chapter "Fully-connected layers" (book/fc_layers.md), section "The affine layer"',
+    'relu_forward': 'the chapter "Fully-connected layers" (book/fc_layers.md), section "ReLU"',
+    'relu_backward': 'the chapter "Fully-connected layers" (book/fc_layers.md), section "ReLU"',
+    'svm_loss': 'the chapter "Fully-connected layers" (book/fc_layers.md), section "Loss layers"',
+    'softmax_loss': 'the chapter "Fully-connected layers" (book/fc_layers.md), section "Loss layers"',
+    'batchnorm_forward': 'the chapter "Normalization" (book/normalization.md), section "The forward pass"',
+    'batchnorm_backward': 'the chapter "Normalization" (book/normalization.md), section "The backward pass, through the computational graph"',
+    'batchnorm_backward_alt': 'the chapter "Normalization" (book/normalization.md), section "The backward pass in closed form"',
+    'spatial_batchnorm_forward': 'the chapter "Normalization" (book/normalization.md), section "Spatial batch normalization"',
+    'spatial_batchnorm_backward': 'the chapter "Normalization" (book/normalization.md), section "Spatial batch normalization"',
+    'layernorm_forward': 'the chapter "Normalization" (book/normalization.md), section "Layer normalization"',
+    'layernorm_backward': 'the chapter "Normalization" (book/normalization.md), section "Layer normalization"',
+    'spatial_groupnorm_forward': 'the chapter "Normalization" (book/normalization.md), section "Group normalization"',
+    'spatial_groupnorm_backward': 'the chapter "Normalization" (book/normalization.md), section "Group normalization"',
+    'dropout_forward': 'the chapter "Dropout" (book/dropout.md), section "The layer"',
+    'dropout_backward': 'the chapter "Dropout" (book/dropout.md), section "The layer"',
+    'conv_output_size': 'the chapter "The convolutional layer" (book/convolution.md), section "Depth, stride and zero padding"',
+    'conv_forward_naive': 'the chapter "The convolutional layer" (book/convolution.md), section "The naive layer"',
+    'conv_backward_naive': 'the chapter "The convolutional layer" (book/convolution.md), section "The naive layer"',
+    'max_pool_forward_naive': 'the chapter "The pooling layer" (book/pooling.md), section "Max pooling, one window at a time"',
+    'max_pool_backward_naive': 'the chapter "The pooling layer" (book/pooling.md), section "The backward pass routes the gradient to the maximum"',
+    'avg_pool_forward_naive': 'the chapter "The pooling layer" (book/pooling.md), section "Average pooling"',
+    'avg_pool_backward_naive': 'the chapter "The pooling layer" (book/pooling.md), section "Average pooling"',
+    'softmax_loss_smooth': 'the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "The network"',
+}
+for _name, _where in _EXPLAINED_IN.items():
+    _doc = (globals()[_name].__doc__ or "").rstrip()
+    globals()[_name].__doc__ = f"{_doc}\n\n    Explained in {_where}.\n"
+del _name, _where, _doc

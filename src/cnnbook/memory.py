@@ -120,3 +120,14 @@ def max_batch_size(spec, memory_bytes, **kwargs):
         mid = (low + high) // 2
         low, high = (mid, high) if fits(mid) else (low, mid)
     return low
+
+
+# ---- where the book explains each definition (tools/tangle.py) ----
+_EXPLAINED_IN = {
+    'memory_estimate': 'the chapter "Computational considerations: memory" (book/memory.md), section "Three sources of memory"',
+    'max_batch_size': 'the chapter "Computational considerations: memory" (book/memory.md), section "GPUs then and now"',
+}
+for _name, _where in _EXPLAINED_IN.items():
+    _doc = (globals()[_name].__doc__ or "").rstrip()
+    globals()[_name].__doc__ = f"{_doc}\n\n    Explained in {_where}.\n"
+del _name, _where, _doc

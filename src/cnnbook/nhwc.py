@@ -267,3 +267,26 @@ def global_avg_pool_backward(dout, cache):
     N, H, W, C = cache
     dout = _check_dout("global_avg_pool_backward", dout, (N, C), getattr(dout, "dtype", None))
     return np.broadcast_to(dout[:, None, None, :] / (H * W), cache).copy()
+
+
+# ---- where the book explains each definition (tools/tangle.py) ----
+_EXPLAINED_IN = {
+    'pad_nhwc': 'the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Channels last"',
+    'receptive_fields': 'the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Channels last"',
+    'conv_forward': 'the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Channels last"',
+    'conv_backward': 'the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Channels last"',
+    'max_pool_forward': 'the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Pooling, batch normalization and ReLU, channels last"',
+    'max_pool_backward': 'the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Pooling, batch normalization and ReLU, channels last"',
+    'batchnorm_relu_forward': 'the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Pooling, batch normalization and ReLU, channels last"',
+    'batchnorm_relu_backward': 'the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Pooling, batch normalization and ReLU, channels last"',
+    'conv_bn_relu_forward': 'the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Pooling, batch normalization and ReLU, channels last"',
+    'conv_bn_relu_backward': 'the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Pooling, batch normalization and ReLU, channels last"',
+    'residual_forward': 'the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Pooling, batch normalization and ReLU, channels last"',
+    'residual_backward': 'the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Pooling, batch normalization and ReLU, channels last"',
+    'global_avg_pool_forward': 'the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Pooling, batch normalization and ReLU, channels last"',
+    'global_avg_pool_backward': 'the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Pooling, batch normalization and ReLU, channels last"',
+}
+for _name, _where in _EXPLAINED_IN.items():
+    _doc = (globals()[_name].__doc__ or "").rstrip()
+    globals()[_name].__doc__ = f"{_doc}\n\n    Explained in {_where}.\n"
+del _name, _where, _doc

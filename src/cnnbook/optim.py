@@ -272,3 +272,17 @@ def sgd_nesterov(w, dw, config=None):
     next_w = w - lr * (g + mu * v)
     config["velocity"] = v.astype(w.dtype, copy=False)
     return next_w.astype(w.dtype, copy=False), config
+
+
+# ---- where the book explains each definition (tools/tangle.py) ----
+_EXPLAINED_IN = {
+    'sgd': 'the chapter "Optimizers" (book/optimizers.md), section "Gradient descent and its troubles"',
+    'sgd_momentum': 'the chapter "Optimizers" (book/optimizers.md), section "Momentum"',
+    'rmsprop': 'the chapter "Optimizers" (book/optimizers.md), section "RMSProp"',
+    'adam': 'the chapter "Optimizers" (book/optimizers.md), section "Adam"',
+    'sgd_nesterov': 'the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "The training recipe"',
+}
+for _name, _where in _EXPLAINED_IN.items():
+    _doc = (globals()[_name].__doc__ or "").rstrip()
+    globals()[_name].__doc__ = f"{_doc}\n\n    Explained in {_where}.\n"
+del _name, _where, _doc

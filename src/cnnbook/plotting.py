@@ -161,7 +161,7 @@ def plot_filter_grid(filters, ncols=None, ax=None, title=None, cmap="gray"):
     return ax.figure
 
 
-# ---- book/fast_training.md:1331 ----
+# ---- book/fast_training.md:1338 ----
 import numpy as np
 
 
@@ -221,3 +221,19 @@ def plot_labelled_images(images, titles, ncols=8):
         ax.set_title(title, fontsize=7)
     fig.tight_layout()
     return fig
+
+
+# ---- where the book explains each definition (tools/tangle.py) ----
+_EXPLAINED_IN = {
+    'plot_solver_history': 'the chapter "Fully-connected networks" (book/fc_nets.md), section "The Solver: a training loop for any model"',
+    'plot_histories': 'the chapter "Fully-connected networks" (book/fc_nets.md), section "The Solver: a training loop for any model"',
+    'animation_html': 'the chapter "The convolutional layer" (book/convolution.md), section "Convolution as dot products"',
+    'plot_filter_grid': 'the chapter "A three-layer ConvNet" (book/convnet.md), section "What the network has learned"',
+    'plot_training_history': 'the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "What the network learned"',
+    'plot_confusion_matrix': 'the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "What the network learned"',
+    'plot_labelled_images': 'the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "What the network learned"',
+}
+for _name, _where in _EXPLAINED_IN.items():
+    _doc = (globals()[_name].__doc__ or "").rstrip()
+    globals()[_name].__doc__ = f"{_doc}\n\n    Explained in {_where}.\n"
+del _name, _where, _doc

@@ -222,3 +222,13 @@ class Solver:
             self._print(f'Saving checkpoint to "{filename}"')
         with open(filename, "wb") as f:
             pickle.dump(checkpoint, f)
+
+
+# ---- where the book explains each definition (tools/tangle.py) ----
+_EXPLAINED_IN = {
+    'Solver': 'the chapter "Fully-connected networks" (book/fc_nets.md), section "The Solver: a training loop for any model"',
+}
+for _name, _where in _EXPLAINED_IN.items():
+    _doc = (globals()[_name].__doc__ or "").rstrip()
+    globals()[_name].__doc__ = f"{_doc}\n\n    Explained in {_where}.\n"
+del _name, _where, _doc

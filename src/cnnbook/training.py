@@ -45,7 +45,7 @@ def normalize(X, mean, std):
     return (X.astype(np.float32) * np.float32(1 / 255) - mean) / std
 
 
-# ---- book/fast_training.md:960 ----
+# ---- book/fast_training.md:966 ----
 import json
 import os
 import zipfile
@@ -89,7 +89,7 @@ def load_checkpoint(path):
     return arrays, meta
 
 
-# ---- book/fast_training.md:1015 ----
+# ---- book/fast_training.md:1021 ----
 from cnnbook import optim
 
 
@@ -129,7 +129,7 @@ class Trainer:
         self.epoch, self.step = 0, 0
         self.history = {"loss": [], "train_acc": [], "test_acc": [], "lr": [], "seconds": []}
 
-    # ---- book/fast_training.md:1067 ----
+    # ---- book/fast_training.md:1073 ----
     def train_epoch(self):
         """One pass over the shuffled, augmented training images; returns (mean loss, accuracy)."""
         X, y, bs = self.data["X_train"], self.data["y_train"], self.batch_size
@@ -159,7 +159,7 @@ class Trainer:
             bar.close()
         return float(np.mean(losses)), correct / (self.steps_per_epoch * bs)
 
-    # ---- book/fast_training.md:1105 ----
+    # ---- book/fast_training.md:1111 ----
     def state(self):
         """The training state as (arrays, meta) for ``save_checkpoint``."""
         arrays = {f"param/{k}": v for k, v in self.model.params.items()}
@@ -173,7 +173,7 @@ class Trainer:
                 "history": self.history, "rng": self.rng.bit_generator.state}
         return arrays, meta
 
-    # ---- book/fast_training.md:1120 ----
+    # ---- book/fast_training.md:1126 ----
     def restore(self, arrays, meta, source="checkpoint"):
         """Continue from a state made by ``state()`` (same settings and parameters, or an error)."""
         if meta.get("settings") != self.settings:
@@ -207,7 +207,7 @@ class Trainer:
         self.epoch, self.step, self.history = meta["epoch"], meta["step"], meta["history"]
         self.rng.bit_generator.state = meta["rng"]
 
-    # ---- book/fast_training.md:1160 ----
+    # ---- book/fast_training.md:1166 ----
     def train(self):
         """Run (or resume) the training; returns the history dict."""
         if self.checkpoint is not None and Path(self.checkpoint).exists():
@@ -233,12 +233,12 @@ class Trainer:
                 self.on_epoch_end(self)
         return self.history
 
-    # ---- book/fast_training.md:1187 ----
+    # ---- book/fast_training.md:1193 ----
     def _print(self, message):
         if self.verbose:
             print(message, flush=True)
 
-    # ---- book/fast_training.md:1202 ----
+    # ---- book/fast_training.md:1208 ----
     def predict(self, X, tta=True, batch_size=1000):
         """Class scores (N, num_classes) of uint8 images X (N, H, W, C), optionally with flip TTA."""
         out = []
@@ -250,17 +250,17 @@ class Trainer:
             out.append(scores)
         return np.concatenate(out)
 
-    # ---- book/fast_training.md:1215 ----
+    # ---- book/fast_training.md:1221 ----
     def accuracy(self, X, y, tta=True):
         """Fraction of the images X whose highest score is their label y."""
         return float((self.predict(X, tta).argmax(axis=1) == y).mean())
 
 
-# ---- book/fast_training.md:1063 ----
+# ---- book/fast_training.md:1069 ----
 import time
 
 
-# ---- book/fast_training.md:1198 ----
+# ---- book/fast_training.md:1204 ----
 import os
 
 
@@ -275,7 +275,7 @@ def _progress_bar(total, desc):
     return tqdm(total=total, desc=desc, unit="batch", leave=False)
 
 
-# ---- book/fast_training.md:1243 ----
+# ---- book/fast_training.md:1250 ----
 import ctypes
 import sys
 
@@ -291,3 +291,21 @@ def keep_freed_memory():
         return False
     M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
     return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
+
+
+# ---- where the book explains each definition (tools/tangle.py) ----
+_EXPLAINED_IN = {
+    'one_cycle_lr': 'the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "The training recipe"',
+    'random_crop_flip': 'the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "The training recipe"',
+    'channel_stats': 'the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "The training recipe"',
+    'normalize': 'the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "The training recipe"',
+    'CheckpointError': 'the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Checkpoints and the trainer"',
+    'save_checkpoint': 'the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Checkpoints and the trainer"',
+    'load_checkpoint': 'the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Checkpoints and the trainer"',
+    'Trainer': 'the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Checkpoints and the trainer"',
+    'keep_freed_memory': 'the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Checkpoints and the trainer"',
+}
+for _name, _where in _EXPLAINED_IN.items():
+    _doc = (globals()[_name].__doc__ or "").rstrip()
+    globals()[_name].__doc__ = f"{_doc}\n\n    Explained in {_where}.\n"
+del _name, _where, _doc

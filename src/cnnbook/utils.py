@@ -38,3 +38,13 @@ def add_to_class(cls):
         return None
 
     return attach
+
+
+# ---- where the book explains each definition (tools/tangle.py) ----
+_EXPLAINED_IN = {
+    'add_to_class': 'the chapter "Preface: a book that is its own source code" (book/preface.md), section "How the package is made from the chapters"',
+}
+for _name, _where in _EXPLAINED_IN.items():
+    _doc = (globals()[_name].__doc__ or "").rstrip()
+    globals()[_name].__doc__ = f"{_doc}\n\n    Explained in {_where}.\n"
+del _name, _where, _doc

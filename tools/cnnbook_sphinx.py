@@ -117,6 +117,17 @@ def _dedupe_scripts(app, pagename, templatename, context, doctree):
     scripts[:] = unique
 
 
+def _insert_below_title(doctree, node):
+    """Put node right below the page's title (at the top if there is none)."""
+    from docutils import nodes
+
+    section = next(iter(doctree.findall(nodes.section)), None)
+    if section is not None and section.children and isinstance(section[0], nodes.title):
+        section.insert(1, node)
+    else:
+        doctree.insert(0, node)
+
+
 def _note_data_copy(app, doctree):
     """On a page with ``data-dependent`` cells: a note at the top naming the CIFAR-10 copy its
     outputs were computed on (from the fingerprint stored with the reference outputs), and a
@@ -140,11 +151,7 @@ def _note_data_copy(app, doctree):
                        f"on this page were computed on {describe_copy(fingerprint)}. The preface "
                        "explains how they are checked on other copies.")
     note += text
-    section = next(iter(doctree.findall(nodes.section)), None)
-    if section is not None and section.children and isinstance(section[0], nodes.title):
-        section.insert(1, note)
-    else:
-        doctree.insert(0, note)
+    _insert_below_title(doctree, note)
 
 
 def _output_checks_table():
@@ -263,11 +270,7 @@ def _link_student_edition(app, doctree):
         text += nodes.reference("", "open it on Binder", refuri=binder)
     text += nodes.Text(".")
     note += text
-    section = next(iter(doctree.findall(nodes.section)), None)
-    if section is not None and section.children and isinstance(section[0], nodes.title):
-        section.insert(1, note)
-    else:
-        doctree.insert(0, note)
+    _insert_below_title(doctree, note)
 
 
 def _write_student_editions(app, exception):

@@ -30,3 +30,31 @@ def test_built_book_in_browser():
     output = proc.stdout + (f"\n--- stderr\n{proc.stderr}" if proc.stderr.strip() else "")
     assert proc.returncode == 0, f"browser_check.py failed (exit {proc.returncode}):\n{output}"
     assert "browser_check: " in proc.stdout, output
+
+
+@pytest.mark.browser
+def test_api_reference_and_chapters_link_to_each_other():
+    """The built API pages link every "Explained in" line to an existing section anchor of its
+    chapter, the chapters' exported-cell labels link to existing reference entries, and the
+    search index knows the functions."""
+    import re
+
+    html = ROOT / "_build" / "html" / "book"
+    if not (html / "api").is_dir():
+        skip_or_fail("no built API reference: run `jupyter-book build .` first")
+    to_chapters, to_api, bad = 0, 0, []
+    for page in sorted((html / "api").glob("*.html")):
+        for target, anchor in re.findall(r'href="(\.\./\w+\.html)#([\w-]+)"', page.read_text()):
+            to_chapters += 1
+            if f'id="{anchor}"' not in (page.parent / target).resolve().read_text():
+                bad.append(f"{page.name} -> {target}#{anchor}")
+    for page in sorted(html.glob("*.html")):
+        for target, anchor in re.findall(r'href="(api/\w+\.html)#([\w.]+)"', page.read_text()):
+            to_api += 1
+            if f'id="{anchor}"' not in (html / target).read_text():
+                bad.append(f"{page.name} -> {target}#{anchor}")
+    assert not bad, bad
+    assert to_chapters > 100 and to_api > 100, (to_chapters, to_api)
+    index = (ROOT / "_build" / "html" / "searchindex.js").read_text()
+    for name in ("affine_forward", "conv_forward_naive", "FastConvNet", "sgd_nesterov"):
+        assert name in index, name

@@ -12,7 +12,7 @@ from _support import ROOT  # noqa: F401  (puts tools/ on the path)
 import make_exercises as mx
 from chapters import BOOK, chapters, code_cells, kernel_environment, read_chapter
 
-CHAPTERS = chapters()
+CHAPTERS = [p for p in chapters() if mx.is_notebook(p)]
 
 
 def _ids(paths):

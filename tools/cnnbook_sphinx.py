@@ -18,6 +18,9 @@
 5. A page with cells tagged ``data-dependent`` says at the top which copy of CIFAR-10 its
    outputs were computed on (from the fingerprint stored with its reference outputs), and
    each such cell is labelled.
+7. The API reference (``book/api/``, autodoc) and the chapters link to each other: each exported
+   cell's label links to the reference entries of what it defines, and the "Explained in the
+   chapter ..." line that the tangler adds to every docstring links to that chapter's section.
 6. The student edition of every chapter with exercises (``tools/make_exercises.py``) is written
    to ``exercises/NAME.ipynb`` in the site, and the chapter's page links to it: a download, and
    a Binder launch of the same notebook (Binder's postBuild generates it there).
@@ -97,7 +100,50 @@ def _label_exported_cells(app, doctree):
             label += nodes.Text(", class " if i == 0 else ", ")
             label += nodes.literal(name, name)
         label += nodes.Text(f" ({target})")
+        names = _public_definitions(code[0].astext() if code else "")
+        api = f"book/api/{module.split('.', 1)[1]}" if "." in module else None
+        if names and app is not None and api in app.env.found_docs:
+            label += nodes.Text("; reference: ")
+            for i, name in enumerate(names):
+                uri = app.builder.get_relative_uri(app.env.docname, api) + f"#{module}.{name}"
+                label += nodes.Text(", " if i else "")
+                label += nodes.reference("", "", nodes.literal(name, name), refuri=uri)
         cell.parent.insert(cell.parent.index(cell), label)
+
+
+def _public_definitions(source: str) -> list[str]:
+    """Public top-level functions and classes a cell defines (its API reference entries)."""
+    import ast
+
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return []
+    return [n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))
+            and not n.name.startswith("_") and not any(
+                isinstance(d, ast.Call) and getattr(d.func, "id", "") == "add_to_class"
+                for d in getattr(n, "decorator_list", []))]
+
+
+
+def _link_explanation(app, what, name, obj, options, lines):
+    """autodoc: the docstring's "Explained in the chapter ... (book/X.md), section ..." line
+    becomes a link to that section of the chapter."""
+    import re
+
+    from docutils.nodes import make_id
+
+    for i, line in enumerate(lines):
+        # Index notation of plain-text docstrings (d_{i-1}, {epoch}.pkl) is code, not TeX.
+        lines[i] = line = re.sub(r"(?<![`\w])([^\s`\"]*[_^]?\{[^\s`\"]*\}[^\s`\"]*)", r"``\1``",
+                                 line) if "``" not in line else line
+        m = re.match(r'(\s*)Explained in the chapter "(.+)" \((book/[\w/]+)\.md\), '
+                     r'section "(.+)"\.$', line)
+        if m:
+            indent, title, doc, section = m.groups()
+            page = app.builder.get_relative_uri(app.env.docname, doc)
+            lines[i] = (f"{indent}Explained in the chapter `{title}, section {section} "
+                        f"<{page}#{make_id(section)}>`__.")
 
 
 def _dedupe_scripts(app, pagename, templatename, context, doctree):
@@ -162,6 +208,8 @@ def _output_checks_table():
     rows = []
     for path in chapters():
         cells = code_cells(read_chapter(path))
+        if not cells and "/api/" in path.as_posix():
+            continue  # the API reference pages are not notebooks
         tags = [set(c.metadata.get("tags", [])) for c in cells]
         ignored = sum("nbval-ignore-output" in t for t in tags)
         machine = sum(MACHINE_TAG in t and "nbval-ignore-output" not in t for t in tags)
@@ -228,7 +276,7 @@ def _student_editions():
     from chapters import chapters
 
     out = {}
-    for path in chapters():
+    for path in filter(make_exercises.is_notebook, chapters()):
         nb, exercises = make_exercises.student_edition(path)
         if exercises:
             out[path.stem] = (nb, len(exercises))
@@ -255,7 +303,7 @@ def _link_student_edition(app, doctree):
     editions = getattr(app, "_cnnbook_exercises", None)
     if editions is None:
         editions = app._cnnbook_exercises = {k: n for k, (_, n) in _student_editions().items()}
-    if stem not in editions or not app.env.docname.startswith("book/"):
+    if stem not in editions or app.env.docname != f"book/{stem}":
         return
     note = nodes.admonition(classes=["tip", "cnnbook-exercises"])
     note += nodes.title("", "Student edition")
@@ -292,6 +340,7 @@ def setup(app):
     app.connect("build-finished", _copy_mathjax)
     app.connect("html-page-context", _dedupe_scripts, priority=900)
     app.connect("doctree-read", _label_exported_cells)
+    app.connect("autodoc-process-docstring", _link_explanation)
     app.connect("doctree-read", _note_data_copy)
     app.add_directive("cnnbook-output-checks", _output_checks_directive())
     _mathjax_dir()  # fail early when the MathJax copy is missing

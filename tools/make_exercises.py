@@ -62,6 +62,12 @@ def use_my_code(module, names, namespace=None):
 USE_LINE = "use_my_code({module!r}, {names!r})"
 
 
+def is_notebook(path: Path) -> bool:
+    """A chapter notebook (jupytext front matter), not a plain page such as the API reference."""
+    head = path.read_text(encoding="utf-8")[:2000]
+    return head.startswith("---") and "jupytext:" in head.split("\n---", 1)[0]
+
+
 def _is_public(name: str) -> bool:
     return not name.startswith("_") or name == "__init__"
 
@@ -167,8 +173,9 @@ def student_edition(path: Path):
         if names:
             cell.metadata["tags"] = list(cell.metadata.get("tags", [])) + [STUB_TAG]
             exercises += [(name, section) for name in names]
-    first = next(i for i, c in enumerate(nb.cells) if c.cell_type == "code")
-    nb.cells.insert(first, nbformat.v4.new_code_cell(SETUP, metadata={"tags": ["hide-input"]}))
+    first = next((i for i, c in enumerate(nb.cells) if c.cell_type == "code"), None)
+    if first is not None:
+        nb.cells.insert(first, nbformat.v4.new_code_cell(SETUP, metadata={"tags": ["hide-input"]}))
     return nb, exercises
 
 
@@ -202,7 +209,7 @@ def main(argv=None) -> int:
     parser.add_argument("--solutions", action="store_true",
                         help="write the chapters back from the student editions in --out")
     args = parser.parse_args(argv)
-    paths = [p.resolve() for p in args.chapters] or chapters()
+    paths = [p.resolve() for p in args.chapters] or [p for p in chapters() if is_notebook(p)]
     total = 0
     for path in paths:
         if args.solutions:

@@ -37,6 +37,7 @@ from chapters import (
     DATA_TAG,
     MACHINE_TAG,
     ChapterError,
+    chapter_timeout,
     chapters,
     data_cells,
     kernel_environment,
@@ -109,7 +110,15 @@ class ChapterCell(IPyNbCell):
             self.sanitize_data = True
         elif DATA_TAG in tags:
             self.sanitize_data = self.parent.data_mode() == "sanitized"
-        super().runtest()
+        # A chapter's own cell timeout (front matter ``mystnb: execution_timeout``, which the
+        # HTML build and refresh_outputs.py use too) replaces nbval's --nbval-cell-timeout.
+        option = self.config.option
+        saved = option.nbval_cell_timeout
+        option.nbval_cell_timeout = chapter_timeout(self.parent.nb, default=int(float(saved)))
+        try:
+            super().runtest()
+        finally:
+            option.nbval_cell_timeout = saved
 
     def compare_outputs(self, test, ref, skip_compare=None):
         if self.sanitize_data:

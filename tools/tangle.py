@@ -454,9 +454,10 @@ def render(module: Module) -> str:
                 f"{'-' * 4}", "_EXPLAINED_IN = {"]
         out += [f"    {name!r}: {where!r}," for name, where in module.explained.items()]
         out += ["}", "for _name, _where in _EXPLAINED_IN.items():",
-                "    _doc = (globals()[_name].__doc__ or \"\").rstrip()",
-                "    globals()[_name].__doc__ = f\"{_doc}\\n\\n    Explained in {_where}.\\n\"",
-                "del _name, _where, _doc"]
+                "    # after the docstring's first paragraph, so that help() shows it at the top",
+                "    _head, _, _rest = (globals()[_name].__doc__ or \"\").partition(\"\\n\\n\")",
+                "    globals()[_name].__doc__ = f\"{_head.rstrip()}\\n\\n    Explained in {_where}.\\n\\n{_rest}\"",
+                "del _name, _where, _head, _rest"]
     return "\n".join(out) + "\n"
 
 

@@ -266,12 +266,16 @@ class FullyConnectedNet:
     def loss(self, X, y=None):
         """Scores, or loss and gradients, for a minibatch.
 
-        X : ndarray of shape (N, d_1, ..., d_k), with d_1 * ... * d_k == input_dim; it is cast to
-            ``self.dtype``.
-        y : ndarray of shape (N,), integer labels in [0, num_classes), or None for test mode.
+        Parameters
+        ----------
+        X : ndarray of shape (N, d_1, ..., d_k), with d_1 * ... * d_k == input_dim
+            It is cast to ``self.dtype``.
+        y : ndarray of shape (N,), integer labels in [0, num_classes), or None for test mode
 
-        Returns the scores, shape (N, num_classes), if y is None; otherwise (loss, grads), a scalar
-        and a dict with the keys and shapes of ``self.params``.
+        Returns
+        -------
+        The scores, shape (N, num_classes), if y is None; otherwise (loss, grads), a scalar and a
+        dict with the keys and shapes of ``self.params``.
         """
         X = np.asarray(X).astype(self.dtype, copy=False)
         _check_batch("FullyConnectedNet.loss", X, y, self.input_dim, self.num_classes)
@@ -354,7 +358,7 @@ class ThreeLayerConvNet:
     keeps H and W; the pooling halves them.
 
     Parameters (in ``self.params``, of dtype ``dtype``), with K = num_filters, F = filter_size
-    -----------------------------------------------------------------------------------------
+    ------------------------------------------------------------------------------------------
     W1 : (K, C, F, F)                       b1 : (K,)
     W2 : (K * (H // 2) * (W // 2), hidden_dim)   b2 : (hidden_dim,)
     W3 : (hidden_dim, num_classes)          b3 : (num_classes,)
@@ -546,6 +550,7 @@ _EXPLAINED_IN = {
     'FastConvNet': 'the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "The network"',
 }
 for _name, _where in _EXPLAINED_IN.items():
-    _doc = (globals()[_name].__doc__ or "").rstrip()
-    globals()[_name].__doc__ = f"{_doc}\n\n    Explained in {_where}.\n"
-del _name, _where, _doc
+    # after the docstring's first paragraph, so that help() shows it at the top
+    _head, _, _rest = (globals()[_name].__doc__ or "").partition("\n\n")
+    globals()[_name].__doc__ = f"{_head.rstrip()}\n\n    Explained in {_where}.\n\n{_rest}"
+del _name, _where, _head, _rest

@@ -3,7 +3,7 @@
 # Chapters: book/convolution.md, book/pooling.md
 
 
-# ---- book/convolution.md:779 ----
+# ---- book/convolution.md:780 ----
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
@@ -37,7 +37,7 @@ def col2im(dcols, x_shape, HH, WW, stride, pad):
     return dx_pad[:, :, pad:pad + H, pad:pad + W].transpose(1, 0, 2, 3)
 
 
-# ---- book/convolution.md:815 ----
+# ---- book/convolution.md:816 ----
 import numpy as np
 
 
@@ -192,6 +192,7 @@ _EXPLAINED_IN = {
     'avg_pool_backward_fast': 'the chapter "The pooling layer" (book/pooling.md), section "Fast pooling"',
 }
 for _name, _where in _EXPLAINED_IN.items():
-    _doc = (globals()[_name].__doc__ or "").rstrip()
-    globals()[_name].__doc__ = f"{_doc}\n\n    Explained in {_where}.\n"
-del _name, _where, _doc
+    # after the docstring's first paragraph, so that help() shows it at the top
+    _head, _, _rest = (globals()[_name].__doc__ or "").partition("\n\n")
+    globals()[_name].__doc__ = f"{_head.rstrip()}\n\n    Explained in {_where}.\n\n{_rest}"
+del _name, _where, _head, _rest

@@ -119,6 +119,7 @@ _EXPLAINED_IN = {
     'conv_bn_relu_backward': 'the chapter "A three-layer ConvNet" (book/convnet.md), section "Sandwich layers"',
 }
 for _name, _where in _EXPLAINED_IN.items():
-    _doc = (globals()[_name].__doc__ or "").rstrip()
-    globals()[_name].__doc__ = f"{_doc}\n\n    Explained in {_where}.\n"
-del _name, _where, _doc
+    # after the docstring's first paragraph, so that help() shows it at the top
+    _head, _, _rest = (globals()[_name].__doc__ or "").partition("\n\n")
+    globals()[_name].__doc__ = f"{_head.rstrip()}\n\n    Explained in {_where}.\n\n{_rest}"
+del _name, _where, _head, _rest

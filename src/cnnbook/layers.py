@@ -660,8 +660,9 @@ def conv_output_size(size, field, stride=1, pad=0, name="conv_output_size", what
 
     Raises
     ------
-    ValueError, naming the numbers, when an argument is not an integer in its range, when the
-    window is larger than the padded input, or when the windows do not tile the padded input.
+    ValueError
+        Naming the numbers, when an argument is not an integer in its range, when the window is
+        larger than the padded input, or when the windows do not tile the padded input.
     """
     for label, value, low in (("input size W", size, 1), (f"{what} size F", field, 1),
                               ("stride S", stride, 1), ("pad P", pad, 0)):
@@ -682,7 +683,7 @@ def conv_output_size(size, field, stride=1, pad=0, name="conv_output_size", what
     return span // stride + 1
 
 
-# ---- book/convolution.md:414 ----
+# ---- book/convolution.md:415 ----
 import numbers
 
 import numpy as np
@@ -735,7 +736,7 @@ def _conv_check_dout(name, dout, shape, dtype):
     return dout.astype(dtype, copy=False)
 
 
-# ---- book/convolution.md:473 ----
+# ---- book/convolution.md:474 ----
 import numpy as np
 
 
@@ -759,7 +760,7 @@ def conv_forward_naive(x, w, b, conv_param):
     return out, (x, w, b, conv_param)
 
 
-# ---- book/convolution.md:503 ----
+# ---- book/convolution.md:504 ----
 import numpy as np
 
 
@@ -992,6 +993,7 @@ _EXPLAINED_IN = {
     'softmax_loss_smooth': 'the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "The network"',
 }
 for _name, _where in _EXPLAINED_IN.items():
-    _doc = (globals()[_name].__doc__ or "").rstrip()
-    globals()[_name].__doc__ = f"{_doc}\n\n    Explained in {_where}.\n"
-del _name, _where, _doc
+    # after the docstring's first paragraph, so that help() shows it at the top
+    _head, _, _rest = (globals()[_name].__doc__ or "").partition("\n\n")
+    globals()[_name].__doc__ = f"{_head.rstrip()}\n\n    Explained in {_where}.\n\n{_rest}"
+del _name, _where, _head, _rest

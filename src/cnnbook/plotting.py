@@ -3,7 +3,7 @@
 # Chapters: book/fc_nets.md, book/convolution.md, book/convnet.md, book/fast_training.md
 
 
-# ---- book/fc_nets.md:926 ----
+# ---- book/fc_nets.md:930 ----
 import numpy as np
 
 
@@ -52,7 +52,7 @@ def plot_solver_history(solver, title=None, axes=None):
     return fig
 
 
-# ---- book/fc_nets.md:979 ----
+# ---- book/fc_nets.md:983 ----
 import numpy as np
 
 
@@ -88,7 +88,7 @@ def plot_histories(solvers, title=None):
     return fig
 
 
-# ---- book/convolution.md:281 ----
+# ---- book/convolution.md:282 ----
 import re
 
 _ANIMATION_ICONS = {
@@ -234,6 +234,7 @@ _EXPLAINED_IN = {
     'plot_labelled_images': 'the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "What the network learned"',
 }
 for _name, _where in _EXPLAINED_IN.items():
-    _doc = (globals()[_name].__doc__ or "").rstrip()
-    globals()[_name].__doc__ = f"{_doc}\n\n    Explained in {_where}.\n"
-del _name, _where, _doc
+    # after the docstring's first paragraph, so that help() shows it at the top
+    _head, _, _rest = (globals()[_name].__doc__ or "").partition("\n\n")
+    globals()[_name].__doc__ = f"{_head.rstrip()}\n\n    Explained in {_where}.\n\n{_rest}"
+del _name, _where, _head, _rest

@@ -3,7 +3,7 @@
 # Chapters: book/fc_nets.md
 
 
-# ---- book/fc_nets.md:659 ----
+# ---- book/fc_nets.md:663 ----
 import os
 import pickle
 
@@ -35,7 +35,7 @@ def _get_update_rule(update_rule):
     return update_rule
 
 
-# ---- book/fc_nets.md:696 ----
+# ---- book/fc_nets.md:700 ----
 class Solver:
     """Trains a classification model with minibatch gradient descent (the cs231n Solver).
 
@@ -64,8 +64,8 @@ class Solver:
     num_epochs : epochs to train; an epoch is ``max(N_train // batch_size, 1)`` iterations [10].
     num_train_samples : training examples sampled to measure training accuracy (None: all) [1000].
     num_val_samples : validation examples sampled to measure validation accuracy (None: all).
-    checkpoint_name : if given, the state is pickled to "{checkpoint_name}_epoch_{epoch}.pkl" at
-        every epoch.
+    checkpoint_name : str or None; if given, the state is pickled after every epoch to the file
+        ``{checkpoint_name}_epoch_{epoch}.pkl`` [None].
     print_every : print the loss every this many iterations (if verbose) [10].
     verbose : print the loss and the accuracies during training [True].
     seed : seed of ``np.random.default_rng`` that samples the minibatches and accuracy subsets.
@@ -111,7 +111,7 @@ class Solver:
         self._rng = np.random.default_rng(self.seed)
         self._bar = None
 
-    # ---- book/fc_nets.md:779 ----
+    # ---- book/fc_nets.md:783 ----
     def _step(self):
         """One gradient update on a random minibatch. Called by train(), not by users."""
         num_train = self.X_train.shape[0]
@@ -125,7 +125,7 @@ class Solver:
             self.model.params[p] = next_w
             self.optim_configs[p] = next_config
 
-    # ---- book/fc_nets.md:801 ----
+    # ---- book/fc_nets.md:805 ----
     def check_accuracy(self, X, y, num_samples=None, batch_size=100):
         """Fraction of examples of X whose highest-scoring class is the label in y.
 
@@ -141,7 +141,7 @@ class Solver:
         y_pred = np.concatenate([np.argmax(s, axis=1) for s in scores])
         return float(np.mean(y_pred == y))
 
-    # ---- book/fc_nets.md:825 ----
+    # ---- book/fc_nets.md:829 ----
     def train(self):
         """Run the optimization; then give the model the parameters of the best validation accuracy."""
         num_train = self.X_train.shape[0]
@@ -167,7 +167,7 @@ class Solver:
         # Copies, so that training further does not overwrite best_params in place.
         self.model.params = {k: v.copy() for k, v in self.best_params.items()}
 
-    # ---- book/fc_nets.md:852 ----
+    # ---- book/fc_nets.md:856 ----
     def _check_and_keep_best(self):
         """Record train and validation accuracy; copy the parameters if they are the best so far."""
         train_acc = self.check_accuracy(self.X_train, self.y_train, num_samples=self.num_train_samples)
@@ -182,7 +182,7 @@ class Solver:
             self.best_val_acc = val_acc
             self.best_params = {k: v.copy() for k, v in self.model.params.items()}
 
-    # ---- book/fc_nets.md:873 ----
+    # ---- book/fc_nets.md:877 ----
     def _report_iteration(self, t, num_iterations):
         """Advance the progress bar; if verbose, print the loss every print_every iterations."""
         if self._bar is not None:
@@ -191,14 +191,14 @@ class Solver:
         if self.verbose and t % self.print_every == 0:
             self._print(f"(Iteration {t + 1} / {num_iterations}) loss: {self.loss_history[-1]:f}")
 
-    # ---- book/fc_nets.md:883 ----
+    # ---- book/fc_nets.md:887 ----
     def _print(self, message):
         if self._bar is not None:
             self._bar.write(message)  # keeps the progress bar intact
         else:
             print(message)
 
-    # ---- book/fc_nets.md:891 ----
+    # ---- book/fc_nets.md:895 ----
     def _progress_bar(self, total):
         """A tqdm bar over the iterations, or None (no tqdm, progress=False or TQDM_DISABLE set)."""
         if not self.progress or os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true", "yes"):
@@ -209,7 +209,7 @@ class Solver:
             return None
         return tqdm(total=total, unit="it", leave=False)
 
-    # ---- book/fc_nets.md:903 ----
+    # ---- book/fc_nets.md:907 ----
     def _save_checkpoint(self):
         """Pickle the model and the training state to "{checkpoint_name}_epoch_{epoch}.pkl"."""
         if self.checkpoint_name is None:
@@ -229,6 +229,7 @@ _EXPLAINED_IN = {
     'Solver': 'the chapter "Fully-connected networks" (book/fc_nets.md), section "The Solver: a training loop for any model"',
 }
 for _name, _where in _EXPLAINED_IN.items():
-    _doc = (globals()[_name].__doc__ or "").rstrip()
-    globals()[_name].__doc__ = f"{_doc}\n\n    Explained in {_where}.\n"
-del _name, _where, _doc
+    # after the docstring's first paragraph, so that help() shows it at the top
+    _head, _, _rest = (globals()[_name].__doc__ or "").partition("\n\n")
+    globals()[_name].__doc__ = f"{_head.rstrip()}\n\n    Explained in {_where}.\n\n{_rest}"
+del _name, _where, _head, _rest

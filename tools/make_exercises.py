@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import ast
 import copy
-import re
 import sys
 from pathlib import Path
 
@@ -40,7 +39,7 @@ import nbformat
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from chapters import ROOT, chapters, code_cells, read_chapter, rel  # noqa: E402
-from tangle import ADD_TO_CLASS, exported_module  # noqa: E402
+from tangle import ADD_TO_CLASS, code_cell_sections, exported_module  # noqa: E402
 
 GIVEN_MODULES = {"cnnbook.plotting", "cnnbook.utils", "cnnbook.data"}
 OUT = ROOT / "_build" / "exercises"
@@ -121,28 +120,6 @@ def top_level_names(source: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def _sections(nb) -> list[str]:
-    """For each cell, the title of the section it is in (the last heading above it)."""
-    title, out = "", []
-    for cell in nb.cells:
-        if cell.cell_type == "markdown":
-            for line in cell.source.splitlines():
-                m = re.match(r"#{1,3}\s+(.*)", line)
-                if m:
-                    title = m.group(1).strip()
-        out.append(title)
-    return out
-
-
-def _chapter_title(nb) -> str:
-    for cell in nb.cells:
-        if cell.cell_type == "markdown":
-            m = re.search(r"^#\s+(.*)$", cell.source, re.M)
-            if m:
-                return m.group(1).strip()
-    return ""
-
-
 def stub_cell(source: str, module: str, chapter: str, section: str) -> tuple[str, list[str]]:
     """The student version of an exported cell and the names of its exercises."""
     lines = source.splitlines()
@@ -162,11 +139,10 @@ def stub_cell(source: str, module: str, chapter: str, section: str) -> tuple[str
 def student_edition(path: Path):
     """(student notebook, exercises as a list of (function, section))."""
     nb = copy.deepcopy(read_chapter(path))
-    sections, chapter = _sections(nb), _chapter_title(nb)
     exercises = []
-    for cell, section in zip(nb.cells, sections):
+    for cell, (chapter, section) in zip(code_cells(nb), code_cell_sections(nb)):
         module = next((m for t in cell.metadata.get("tags", []) if (m := exported_module(t))),
-                      None) if cell.cell_type == "code" else None
+                      None)
         if module is None or module in GIVEN_MODULES:
             continue
         cell.source, names = stub_cell(cell.source, module, chapter, section)

@@ -342,7 +342,7 @@ def collect(root: Path = ROOT) -> dict[str, Module]:
         except ChapterError as exc:
             errors.append(str(exc))
             continue
-        sections = _code_cell_sections(nb)
+        sections = code_cell_sections(nb)
         for cell, line, (title, section) in zip(code_cells(nb), lines, sections):
             where = f"{chapter}:{line}"
             tags = [t for t in cell.metadata.get("tags", []) if str(t).startswith(EXPORT_PREFIX)]
@@ -404,7 +404,7 @@ def collect(root: Path = ROOT) -> dict[str, Module]:
     return modules
 
 
-def _code_cell_sections(nb) -> list[tuple[str, str]]:
+def code_cell_sections(nb) -> list[tuple[str, str]]:
     """(chapter title, title of the section it is in) for each code cell of a chapter."""
     title = section = ""
     out = []

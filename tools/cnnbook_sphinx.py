@@ -283,6 +283,13 @@ def _student_editions():
     return out
 
 
+def _editions(app):
+    """The student editions, made once per build (the page notes and the written files)."""
+    if getattr(app, "_cnnbook_editions", None) is None:
+        app._cnnbook_editions = _student_editions()
+    return app._cnnbook_editions
+
+
 def _binder_url(app, stem):
     config = app.config.html_theme_options or {}
     repo = (config.get("repository_url") or "").rstrip("/")
@@ -300,15 +307,13 @@ def _link_student_edition(app, doctree):
     from docutils import nodes
 
     stem = Path(app.env.doc2path(app.env.docname)).stem
-    editions = getattr(app, "_cnnbook_exercises", None)
-    if editions is None:
-        editions = app._cnnbook_exercises = {k: n for k, (_, n) in _student_editions().items()}
+    editions = _editions(app)
     if stem not in editions or app.env.docname != f"book/{stem}":
         return
     note = nodes.admonition(classes=["tip", "cnnbook-exercises"])
     note += nodes.title("", "Student edition")
     text = nodes.paragraph()
-    text += nodes.Text(f"Write the {editions[stem]} functions of this chapter yourself: the "
+    text += nodes.Text(f"Write the {editions[stem][1]} functions of this chapter yourself: the "
                        "student edition keeps the prose, the signatures, the docstrings and the "
                        "checks, and leaves the bodies to you. ")
     text += nodes.reference("", f"Download {stem}.ipynb", refuri=f"../exercises/{stem}.ipynb")
@@ -328,7 +333,7 @@ def _write_student_editions(app, exception):
         return
     out = Path(app.outdir) / "exercises"
     out.mkdir(exist_ok=True)
-    for stem, (nb, _) in _student_editions().items():
+    for stem, (nb, _) in _editions(app).items():
         nbformat.write(nb, out / f"{stem}.ipynb")
 
 

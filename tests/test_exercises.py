@@ -10,9 +10,9 @@ import pytest
 from _support import ROOT  # noqa: F401  (puts tools/ on the path)
 
 import make_exercises as mx
-from chapters import BOOK, chapters, code_cells, kernel_environment, read_chapter
+from chapters import BOOK, code_cells, notebook_chapters, kernel_environment, read_chapter
 
-CHAPTERS = [p for p in chapters() if mx.is_notebook(p)]
+CHAPTERS = notebook_chapters()
 
 
 def _ids(paths):

@@ -74,6 +74,27 @@ def chapters(toc: Path = TOC) -> list[Path]:
     return out
 
 
+def is_notebook(path: Path) -> bool:
+    """A chapter notebook: a .md file whose front matter has jupytext and a kernelspec (not a
+    plain page such as the API reference, nor a README)."""
+    path = Path(path)
+    if path.suffix != ".md" or path.name.lower() == "readme.md":
+        return False
+    try:
+        head = path.read_text(encoding="utf-8")[:2000]
+    except OSError:
+        return False
+    if not head.startswith("---"):
+        return False
+    front = head.split("\n---", 1)[0]
+    return "jupytext:" in front and "kernelspec:" in front
+
+
+def notebook_chapters(toc: Path = TOC) -> list[Path]:
+    """The notebook chapters named in ``_toc.yml``, in reading order (no API pages)."""
+    return [path for path in chapters(toc) if is_notebook(path)]
+
+
 def read_chapter(path: Path) -> nbformat.NotebookNode:
     """Read a MyST chapter with jupytext (the only parser the tools use)."""
     return jupytext.read(Path(path), fmt="md:myst")

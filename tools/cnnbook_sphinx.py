@@ -273,10 +273,10 @@ def _remember_app(app):
 def _student_editions():
     """{chapter stem: (student notebook, number of exercises)} for the toc's chapters."""
     import make_exercises
-    from chapters import chapters
+    from chapters import notebook_chapters
 
     out = {}
-    for path in filter(make_exercises.is_notebook, chapters()):
+    for path in notebook_chapters():
         nb, exercises = make_exercises.student_edition(path)
         if exercises:
             out[path.stem] = (nb, len(exercises))

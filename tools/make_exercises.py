@@ -38,7 +38,7 @@ import jupytext
 import nbformat
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from chapters import ROOT, chapters, code_cells, read_chapter, rel  # noqa: E402
+from chapters import ROOT, code_cells, notebook_chapters, read_chapter, rel  # noqa: E402
 from tangle import ADD_TO_CLASS, code_cell_sections, exported_module  # noqa: E402
 
 GIVEN_MODULES = {"cnnbook.plotting", "cnnbook.utils", "cnnbook.data"}
@@ -59,12 +59,6 @@ def use_my_code(module, names, namespace=None):
         setattr(target, name, namespace[name])
 '''
 USE_LINE = "use_my_code({module!r}, {names!r})"
-
-
-def is_notebook(path: Path) -> bool:
-    """A chapter notebook (jupytext front matter), not a plain page such as the API reference."""
-    head = path.read_text(encoding="utf-8")[:2000]
-    return head.startswith("---") and "jupytext:" in head.split("\n---", 1)[0]
 
 
 def _is_public(name: str) -> bool:
@@ -185,7 +179,7 @@ def main(argv=None) -> int:
     parser.add_argument("--solutions", action="store_true",
                         help="write the chapters back from the student editions in --out")
     args = parser.parse_args(argv)
-    paths = [p.resolve() for p in args.chapters] or [p for p in chapters() if is_notebook(p)]
+    paths = [p.resolve() for p in args.chapters] or notebook_chapters()
     total = 0
     for path in paths:
         if args.solutions:

@@ -19,8 +19,9 @@ says in which mode each data-dependent chapter ran.
 Cells tagged ``machine-dependent`` (numbers that differ between machines or runs: a long float32
 training run, timings) are always compared that way: their text strictly, their numbers not.
 
-The kernel is the ``python3`` kernel of the environment running pytest, started
-in the chapter's folder with the repository's ``src`` first on ``PYTHONPATH``.
+The kernel is the ``python3`` kernel of the environment running pytest (or the kernel named by
+``--chapter-kernel``), started in the chapter's folder with the repository's ``src`` first on
+``PYTHONPATH``.
 """
 from __future__ import annotations
 
@@ -40,6 +41,7 @@ from chapters import (
     chapter_timeout,
     chapters,
     data_cells,
+    is_notebook,
     kernel_environment,
     rel,
     with_reference_outputs,
@@ -71,20 +73,6 @@ def fingerprint_at_hand() -> str:
         from cnnbook.data import cifar10_fingerprint
 
         return cifar10_fingerprint()
-
-
-def is_chapter(path: Path) -> bool:
-    """A MyST notebook: a .md file whose front matter has jupytext and a kernelspec."""
-    if path.suffix != ".md" or path.name.lower() == "readme.md":
-        return False
-    try:
-        head = path.read_text(encoding="utf-8")[:2000]
-    except OSError:
-        return False
-    if not head.startswith("---"):
-        return False
-    front = head.split("\n---", 1)[0]
-    return "jupytext:" in front and "kernelspec:" in front
 
 
 @contextmanager
@@ -170,10 +158,12 @@ class MystChapter(IPyNbFile):
         return self._data_mode
 
     def setup(self):
-        # The chapter's python3 kernel is the one of this environment (nbval's
-        # "current env" kernel), started with the book's kernel environment.
-        self.config.option.nbval_current_env = True
-        self.config.option.nbval_kernel_name = None
+        # The chapter's python3 kernel is the one of this environment (nbval's "current env"
+        # kernel), or the Jupyter kernel named by --chapter-kernel; either is started with the
+        # book's kernel environment.
+        other = self.config.getoption("chapter_kernel")
+        self.config.option.nbval_current_env = not other
+        self.config.option.nbval_kernel_name = other or None
         with _environ(kernel_environment()):
             super().setup()
         assert self.kernel is not None
@@ -191,6 +181,14 @@ class MystChapter(IPyNbFile):
         for fname in self.get_sanitize_files():
             with open(fname, encoding="utf-8") as f:
                 self.sanitize_patterns.update(get_sanitize_patterns(f.read()))
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--chapter-kernel", default=None, metavar="NAME",
+        help="run the chapters in the Jupyter kernel NAME (a kernelspec on JUPYTER_PATH) instead "
+             "of this environment's python3; tests/test_binder.py runs them in the Binder "
+             "environment this way")
 
 
 def pytest_terminal_summary(terminalreporter):
@@ -216,7 +214,7 @@ def pytest_collect_file(file_path, parent):
         if file_path.suffix == ".ipynb":
             return None  # nbval's own collector handles notebooks
     path = Path(file_path).resolve()
-    if not is_chapter(path):
+    if not is_notebook(path):
         return None
     # A directory run (pytest book/) takes the chapters of the book, i.e. those in
     # _toc.yml; a chapter named on the command line is always taken.

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up everything the book needs, on a fresh machine or again (idempotent):
 #   - a virtual environment in .venv with cnnbook (editable) and the book's tools,
+#     the runtime libraries at the versions pinned in binder/requirements.txt,
 #   - .wheelhouse/: the wheels that the offline install tests use (fresh venvs
 #     for `pip install .` and for the Binder requirements),
 #   - Debian's chromium for the browser test (installed when running as root).
@@ -12,7 +13,10 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
-.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev]"
+# Under the Binder pins: CI verifies the reference outputs with exactly the versions a
+# reader's Binder session gets (tests/test_binder.py keeps the two in step).
+.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev]" \
+  -c binder/requirements.txt
 .venv/bin/python -m pip download -q --disable-pip-version-check -d .wheelhouse \
   "hatchling>=1.18" -r binder/requirements.txt nbclient
 

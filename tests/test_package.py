@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from _support import ROOT, fresh_venv, pip_offline, run
+from _support import ROOT, clean_env, fresh_venv, pip_offline, run
 
 
 @pytest.mark.slow
@@ -25,6 +25,14 @@ def test_pip_install_into_fresh_venv(tmp_path):
     )
     out = run([py, "-c", code], cwd=tmp_path).stdout
     assert str(tmp_path / "venv") in out, out  # imported from the venv, not from the repository
+    # The installed package says where the book explains a function, from a bare `import cnnbook`.
+    out = run([py, "-c", "import cnnbook; help(cnnbook.layers.conv_forward_naive)"],
+              cwd=tmp_path, env=clean_env(PAGER="cat")).stdout
+    assert ('Explained in the chapter "The convolutional layer" (book/convolution.md), '
+            'section "The naive layer".') in out, out
+    # ... without importing the other modules (matplotlib is not even installed here).
+    code = "import sys, cnnbook; print(sorted(m for m in sys.modules if m.startswith('cnnbook')))"
+    assert run([py, "-c", code], cwd=tmp_path).stdout.strip() == "['cnnbook']"
 
 
 def test_tangled_package_is_up_to_date():

@@ -358,9 +358,8 @@ def test_docstrings_say_where_the_book_explains_them():
     import pkgutil
 
     import cnnbook
-    import cnnbook.layers
 
-    doc = cnnbook.layers.conv_forward_naive.__doc__
+    doc = cnnbook.layers.conv_forward_naive.__doc__  # a bare `import cnnbook` reaches the modules
     assert 'Explained in the chapter "The convolutional layer" (book/convolution.md)' in doc
     missing = []
     for info in pkgutil.iter_modules(cnnbook.__path__):

@@ -14,7 +14,8 @@ docstring by ``raise NotImplementedError(...)`` naming the function, the chapter
 What stays as written: private helpers (``_check_...``: the shape checks that belong to the API,
 and other plumbing), constants, imports, the prose, the maths, the plots, and every cell that is
 not exported (the chapter's checks, which grade the student's code). Modules in ``GIVEN_MODULES``
-(plotting, utilities, the dataset loader) are plumbing, not exercises: they stay whole.
+(the package's ``__init__``, plotting, utilities, the dataset loader) are plumbing, not
+exercises: they stay whole, and the package keeps its own definitions of them.
 
 **The student's code is the code that runs.** A cell at the top of each student edition defines
 ``use_my_code``; every exported cell ends with a call to it, which puts the cell's definitions
@@ -41,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from chapters import ROOT, code_cells, notebook_chapters, read_chapter, rel  # noqa: E402
 from tangle import ADD_TO_CLASS, code_cell_sections, exported_module  # noqa: E402
 
-GIVEN_MODULES = {"cnnbook.plotting", "cnnbook.utils", "cnnbook.data"}
+GIVEN_MODULES = {"cnnbook", "cnnbook.plotting", "cnnbook.utils", "cnnbook.data"}
 OUT = ROOT / "_build" / "exercises"
 STUB_TAG = "exercise"  # cell tag of exported cells that hold at least one stub
 SETUP = '''\

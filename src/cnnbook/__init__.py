@@ -3,7 +3,7 @@
 # Chapters: book/preface.md
 
 
-# ---- book/preface.md:68 ----
+# ---- book/preface.md:71 ----
 """cnnbook: the code of the cnnbook textbook on convolutional neural networks.
 
 The package is generated from the book's chapters by tools/tangle.py. Its modules
@@ -11,5 +11,23 @@ follow the names of the cs231n assignment code: ``cnnbook.layers``,
 ``cnnbook.layer_utils``, ``cnnbook.gradient_check`` and so on. Layers use the
 convention ``*_forward(...) -> (out, cache)`` and ``*_backward(dout, cache) -> grads``.
 """
+from importlib import import_module as _import_module
+from pkgutil import iter_modules as _iter_modules
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+    """``cnnbook.NAME`` imports the module ``cnnbook.NAME`` on first use."""
+    if name.startswith("_") or name not in _module_names():
+        raise AttributeError(f"module 'cnnbook' has no attribute {name!r}; "
+                             f"its modules are {', '.join(sorted(_module_names()))}")
+    return _import_module(f"{__name__}.{name}")
+
+
+def __dir__():
+    return sorted(set(globals()) | _module_names())
+
+
+def _module_names():
+    return {info.name for info in _iter_modules(__path__)}

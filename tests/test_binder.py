@@ -4,6 +4,7 @@ imports is pinned, and a fresh venv made only from those pins (plus the package,
 as binder/postBuild does, and nbclient, which Binder's Jupyter base image provides)
 runs the chapters and prints what their reference outputs hold."""
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -12,7 +13,7 @@ from importlib import metadata
 
 import pytest
 
-from _support import ROOT, clean_env, fresh_venv, pip_offline, run
+from _support import ROOT, WHEELHOUSE, clean_env, fresh_venv, pip_offline, run
 
 REQUIREMENTS = ROOT / "binder" / "requirements.txt"
 PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;#]+)$")
@@ -102,12 +103,43 @@ NOT_ON_BINDER_RUN = {"fast_training"}
 
 
 @pytest.fixture(scope="module")
-def binder_python(tmp_path_factory):
-    """A fresh venv made the way Binder makes its environment, offline from .wheelhouse."""
-    py = fresh_venv(tmp_path_factory.mktemp("binder") / "venv")
+def binder(tmp_path_factory):
+    """What Binder makes, offline from .wheelhouse: a fresh venv from the pins (plus nbclient,
+    which Binder's Jupyter base image provides), then binder/postBuild run in a copy of the
+    repository with that venv first on PATH and its own HOME. Returns (python, repo, home)."""
+    base = tmp_path_factory.mktemp("binder")
+    py = fresh_venv(base / "venv")
     pip_offline(py, "-r", REQUIREMENTS, "nbclient")
-    pip_offline(py, "--no-deps", ROOT)  # what binder/postBuild does
-    return py
+    repo, home = base / "repo", base / "home"
+    shutil.copytree(ROOT, repo, ignore=shutil.ignore_patterns(
+        ".git", ".venv", ".wheelhouse", "_build", ".hypothesis", "__pycache__"))
+    home.mkdir()
+    env = clean_env(PATH=f"{py.parent}{os.pathsep}{os.environ['PATH']}", HOME=str(home),
+                    PIP_NO_INDEX="1", PIP_FIND_LINKS=str(WHEELHOUSE),
+                    PIP_DISABLE_PIP_VERSION_CHECK="1")
+    run(["bash", repo / "binder" / "postBuild"], cwd=repo, env=env)
+    return py, repo, home
+
+
+@pytest.fixture(scope="module")
+def binder_python(binder):
+    return binder[0]
+
+
+@pytest.mark.slow
+def test_postbuild_installs_the_package_the_student_editions_and_jupytext(binder):
+    py, repo, home = binder
+    code = "import cnnbook, jupytext; print(cnnbook.__file__)"
+    assert str(py.parent.parent) in run([py, "-c", code], cwd=home).stdout  # installed, not src
+    from chapters import notebook_chapters
+
+    made = sorted(p.stem for p in (repo / "_build" / "exercises").glob("*.ipynb"))
+    assert made == sorted(p.stem for p in notebook_chapters())
+    config = (home / ".jupyter" / "jupyter_server_config.py").read_text()
+    assert "jupytext.TextFileContentsManager" in config
+    settings = home / ".jupyter" / "lab" / "user-settings" / "@jupyterlab" / "docmanager-extension"
+    viewers = json.loads((settings / "plugin.jupyterlab-settings").read_text())["defaultViewers"]
+    assert viewers["markdown"] == "Jupytext Notebook"
 
 
 @pytest.mark.slow
@@ -159,8 +191,6 @@ def test_binder_session_prints_what_the_book_prints(binder_python, tmp_path):
     assert re.search(r"\b\d+ passed", proc.stdout) and " failed" not in proc.stdout
 
 
-def test_postbuild_installs_package_and_jupytext_config():
-    text = (ROOT / "binder" / "postBuild").read_text()
-    assert "pip install" in text and "jupytext" in text
+def test_pins_cover_the_notebook_stack():
     for name in ("numpy", "matplotlib", "jupytext", "ipykernel"):
         assert name in binder_pins()

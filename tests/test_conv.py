@@ -173,6 +173,14 @@ def test_im2col_col2im_are_adjoint():
     assert np.isclose(np.sum(cols * dcols), np.sum(x * dx))
 
 
+def test_fast_cache_ends_with_the_columns():
+    """The chapter's GFLOP cell reads cache[-1] as the columns of conv_forward_fast."""
+    rng = np.random.default_rng(4)
+    x, w, b = rng.standard_normal((2, 3, 7, 6)), rng.standard_normal((4, 3, 3, 2)), np.zeros(4)
+    _, cache = conv_forward_fast(x, w, b, {"stride": 2, "pad": 1})
+    assert np.array_equal(cache[-1], im2col(x, 3, 2, 2, 1))
+
+
 def test_col2im_does_not_use_add_at():
     import inspect
 

@@ -13,6 +13,8 @@ from cnnbook.layers import (
     spatial_batchnorm_forward,
     spatial_groupnorm_backward,
     spatial_groupnorm_forward,
+    standardize,
+    standardize_backward,
 )
 
 
@@ -195,6 +197,30 @@ def test_spatial_batchnorm_gradient_check():
 
     _, cache = spatial_batchnorm_forward(x, gamma, beta, {"mode": "train"})
     _assert_grads_close(spatial_batchnorm_backward(dout, cache), _numerical_grads(forward, [x, gamma, beta], dout))
+
+
+# ---------------------------------------------------------------- standardize
+
+
+@pytest.mark.parametrize("shape, axis", [((5, 3), 0), ((3, 6), 1), ((2, 3, 4), 2), ((2, 3, 4), 1)])
+def test_standardize_statistics_shapes_and_gradient(shape, axis):
+    rng = np.random.default_rng(13)
+    x = 3 * rng.standard_normal(shape) + 2
+    xhat, inv_std = standardize(x, axis, 1e-5)
+    kept = tuple(1 if i == axis else n for i, n in enumerate(shape))
+    assert xhat.shape == shape and inv_std.shape == kept
+    assert np.allclose(xhat.mean(axis=axis), 0) and np.allclose(xhat.std(axis=axis), 1, rtol=1e-4)
+    assert np.allclose(inv_std, 1 / np.sqrt(x.var(axis=axis, keepdims=True) + 1e-5))
+    dxhat = rng.standard_normal(shape)
+    numerical = eval_numerical_gradient_array(lambda v: standardize(v, axis, 1e-5)[0], x, dxhat)
+    assert rel_error(standardize_backward(dxhat, xhat, inv_std, axis), numerical) < 1e-7
+
+
+def test_standardize_keeps_float32():
+    x = np.random.default_rng(14).standard_normal((4, 5)).astype(np.float32)
+    xhat, inv_std = standardize(x, 1, 1e-5)
+    dx = standardize_backward(np.ones_like(xhat), xhat, inv_std, 1)
+    assert xhat.dtype == inv_std.dtype == dx.dtype == np.float32
 
 
 # ---------------------------------------------------------------- layernorm

@@ -3,7 +3,7 @@
 # Chapters: book/convolution.md, book/pooling.md
 
 
-# ---- book/convolution.md:780 ----
+# ---- book/convolution.md:798 ----
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
@@ -11,10 +11,12 @@ from cnnbook.layers import _conv_check, _conv_check_dout
 
 
 def im2col(x, HH, WW, stride, pad):
-    """Receptive fields as columns: x (N, C, H, W) -> X_col (C*HH*WW, N*H_out*W_out).
+    """Receptive fields as columns: x (N, C, H, W) -> X_col (C*HH*WW, N*H_out*W_out), x's dtype.
 
-    The rows are ordered (channel, filter row, filter column), like ``w.reshape(F, -1)``; the
-    columns (example, output row, output column).
+    x is zero-padded by pad on all four sides; the arguments are assumed valid (the layers check
+    them). The rows are ordered (channel, filter row, filter column), like ``w.reshape(F, -1)``;
+    the columns (example, output row, output column): column n*H_out*W_out + i*W_out + j is the
+    receptive field of output (n, i, j) of the padded x, flattened.
     """
     N, C = x.shape[:2]
     x_pad = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad))) if pad else x
@@ -24,7 +26,12 @@ def im2col(x, HH, WW, stride, pad):
 
 
 def col2im(dcols, x_shape, HH, WW, stride, pad):
-    """Adjoint of ``im2col``: add every entry of dcols back to the pixel it was copied from."""
+    """Adjoint of ``im2col``: add every entry of dcols back to the pixel it was copied from.
+
+    dcols : (C*HH*WW, N*H_out*W_out), in im2col's layout; x_shape : (N, C, H, W), the shape of
+    im2col's input (before padding). Returns dx of shape x_shape, in dcols's dtype; the
+    gradients of the padding are dropped.
+    """
     N, C, H, W = x_shape
     H_out, W_out = (H + 2 * pad - HH) // stride + 1, (W + 2 * pad - WW) // stride + 1
     dcols = dcols.reshape(C, HH, WW, N, H_out, W_out)
@@ -37,7 +44,7 @@ def col2im(dcols, x_shape, HH, WW, stride, pad):
     return dx_pad[:, :, pad:pad + H, pad:pad + W].transpose(1, 0, 2, 3)
 
 
-# ---- book/convolution.md:816 ----
+# ---- book/convolution.md:883 ----
 import numpy as np
 
 
@@ -47,8 +54,11 @@ DX_BLOCK = 1 << 22  # numbers of column gradients computed at a time in conv_bac
 def conv_forward_fast(x, w, b, conv_param):
     """Forward pass of a convolutional layer as one matrix product (im2col), in x's dtype.
 
-    Same arguments and output as ``cnnbook.layers.conv_forward_naive``; the cache holds the
-    columns of the receptive fields for ``conv_backward_fast``.
+    Same arguments, output and errors as ``cnnbook.layers.conv_forward_naive``: start with
+    ``_conv_check("conv_forward_fast", x, w, b, conv_param)`` (ValueError for bad arguments).
+    The cache is (x.shape, w, b, conv_param, cols), the columns cols = im2col(x, HH, WW, S, P)
+    of shape (C*HH*WW, N*H_out*W_out) last (a later cell reads cache[-1]); the backward pass
+    uses them instead of x.
     """
     x, w, b, S, P, H_out, W_out = _conv_check("conv_forward_fast", x, w, b, conv_param)
     N, F, (_, C, HH, WW) = x.shape[0], w.shape[0], w.shape
@@ -62,7 +72,9 @@ def conv_forward_fast(x, w, b, conv_param):
 def conv_backward_fast(dout, cache):
     """Backward pass of ``conv_forward_fast``.
 
-    Returns dx of shape (N, C, H, W), dw of shape (F, C, HH, WW) and db of shape (F,).
+    Returns dx of shape (N, C, H, W), dw of shape (F, C, HH, WW) and db of shape (F,), in w's
+    dtype. Check dout with ``_conv_check_dout("conv_backward_fast", ...)`` as the naive version
+    does. Compute the column gradients for about DX_BLOCK numbers (a block of examples) at a time.
     """
     x_shape, w, b, conv_param, cols = cache
     N, F = x_shape[0], w.shape[0]
@@ -82,7 +94,7 @@ def conv_backward_fast(dout, cache):
     return dx, dw, db
 
 
-# ---- book/pooling.md:505 ----
+# ---- book/pooling.md:520 ----
 import numpy as np
 
 
@@ -104,7 +116,7 @@ def _pool_views(x, PH, PW, S, H_out, W_out):
     return [x[:, :, a:a + rows:S, b:b + cols:S] for a in range(PH) for b in range(PW)]
 
 
-# ---- book/pooling.md:558 ----
+# ---- book/pooling.md:573 ----
 import numpy as np
 
 from cnnbook.layers import _pool_check_dout, _pool_check_input
@@ -112,8 +124,9 @@ from cnnbook.layers import _pool_check_dout, _pool_check_input
 
 def max_pool_forward_fast(x, pool_param):
     """Forward pass of max pooling, without a loop over window positions; the same result as
-    ``max_pool_forward_naive`` (same parameters, returns and errors). The cache is
-    (x, out, PH, PW, S), for ``max_pool_backward_fast``."""
+    ``max_pool_forward_naive`` (same parameters, returns and errors: start with
+    ``_pool_check_input("max_pool_forward_fast", x, pool_param)``, ValueError for bad input).
+    out is of x's dtype. The cache is (x, out, PH, PW, S), for ``max_pool_backward_fast``."""
     x, PH, PW, S, H_out, W_out = _pool_check_input("max_pool_forward_fast", x, pool_param)
     x = np.ascontiguousarray(x)
     views = _pool_views(x, PH, PW, S, H_out, W_out)
@@ -126,7 +139,9 @@ def max_pool_forward_fast(x, pool_param):
 
 def max_pool_backward_fast(dout, cache):
     """Backward pass of max pooling; exactly the result of ``max_pool_backward_naive``,
-    ties included (each window's gradient goes to its first maximum in row-major order)."""
+    ties included (each window's gradient goes to its first maximum in row-major order), and
+    where windows overlap the same sums in the same order. dx has x's shape and dtype; check
+    dout with ``_pool_check_dout`` (ValueError for a wrong shape)."""
     x, out, PH, PW, S = cache
     H_out, W_out = out.shape[2:]
     dout = _pool_check_dout("max_pool_backward_fast", dout, out.shape, x.dtype)
@@ -146,7 +161,7 @@ def max_pool_backward_fast(dout, cache):
     return dx
 
 
-# ---- book/pooling.md:605 ----
+# ---- book/pooling.md:623 ----
 import numpy as np
 
 from cnnbook.layers import _pool_check_dout, _pool_check_input
@@ -154,7 +169,8 @@ from cnnbook.layers import _pool_check_dout, _pool_check_input
 
 def avg_pool_forward_fast(x, pool_param):
     """Forward pass of average pooling without a loop over window positions; as
-    ``avg_pool_forward_naive``, up to the order of floating-point additions. The cache is
+    ``avg_pool_forward_naive`` (errors included: start with ``_pool_check_input``), up to the
+    order of floating-point additions. out is of x's dtype. The cache is
     (x.shape, x.dtype, PH, PW, S), for ``avg_pool_backward_fast``."""
     x, PH, PW, S, H_out, W_out = _pool_check_input("avg_pool_forward_fast", x, pool_param)
     views = _pool_views(np.ascontiguousarray(x), PH, PW, S, H_out, W_out)
@@ -168,7 +184,9 @@ def avg_pool_forward_fast(x, pool_param):
 
 def avg_pool_backward_fast(dout, cache):
     """Backward pass of average pooling; exactly the result of ``avg_pool_backward_naive``
-    (where windows overlap, the shares are added in the naive loop's order)."""
+    (the share dout / (PH * PW), added where windows overlap in the naive loop's order). dx has
+    the shape and dtype of x; check dout with ``_pool_check_dout`` (ValueError for a wrong
+    shape)."""
     shape, dtype, PH, PW, S = cache
     H, W = shape[2:]
     H_out, W_out = 1 + (H - PH) // S, 1 + (W - PW) // S

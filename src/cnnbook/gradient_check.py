@@ -85,6 +85,12 @@ def eval_numerical_gradient(f, x, verbose=True, h=1e-5):
     -------
     grad : ndarray of the same shape and dtype as ``x``, with
         ``grad[i] = (f(x + h e_i) - f(x - h e_i)) / (2 h)``.
+
+    Raises
+    ------
+    ValueError
+        Through the helpers above: ``_check_float_array`` (x not a float ndarray),
+        ``_check_step`` (h) and ``_as_scalar`` (f's value not a scalar; use it to read f(x)).
     """
     _check_float_array("eval_numerical_gradient", x)
     _check_step("eval_numerical_gradient", h)
@@ -104,7 +110,7 @@ def eval_numerical_gradient(f, x, verbose=True, h=1e-5):
     return grad
 
 
-# ---- book/gradient_checking.md:298 ----
+# ---- book/gradient_checking.md:330 ----
 import numpy as np
 
 
@@ -133,7 +139,7 @@ def rel_error(x, y):
     return float(np.max(np.abs(x - y) / np.maximum(1e-8, np.abs(x) + np.abs(y))))
 
 
-# ---- book/gradient_checking.md:397 ----
+# ---- book/gradient_checking.md:429 ----
 import numpy as np
 
 
@@ -154,6 +160,17 @@ def eval_numerical_gradient_array(f, x, df, h=1e-5):
     Returns
     -------
     grad : ndarray of the same shape and dtype as ``x``.
+
+    Raises
+    ------
+    ValueError
+        Through ``_check_float_array`` (x), ``_check_step`` (h) and ``_check_df_shape`` (df does
+        not have the shape of f(x)).
+
+    Notes
+    -----
+    Copy ``f(x)`` before perturbing ``x`` again: ``f`` may return a view of ``x`` (dropout in
+    test mode returns ``x`` itself), which the next perturbation would overwrite.
     """
     _check_float_array("eval_numerical_gradient_array", x)
     _check_step("eval_numerical_gradient_array", h)
@@ -173,7 +190,7 @@ def eval_numerical_gradient_array(f, x, df, h=1e-5):
     return grad
 
 
-# ---- book/gradient_checking.md:495 ----
+# ---- book/gradient_checking.md:545 ----
 import numpy as np
 
 

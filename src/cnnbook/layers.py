@@ -53,6 +53,13 @@ def affine_forward(x, w, b):
     -------
     out : ndarray of shape (N, M)
     cache : tuple (x, w, b), for ``affine_backward``.
+
+    Raises
+    ------
+    ValueError
+        For inconsistent shapes (x without a batch axis, w not 2-D, x not flattening to
+        w.shape[0] features, b not of shape (M,)): call ``_check_affine_args(x, w, b)`` first,
+        which raises it and returns ``x, w, b, N, D, M``.
     """
     x, w, b, N, D, M = _check_affine_args(x, w, b)
     out = x.reshape(N, D) @ w + b
@@ -60,7 +67,7 @@ def affine_forward(x, w, b):
     return out, cache
 
 
-# ---- book/fc_layers.md:145 ----
+# ---- book/fc_layers.md:152 ----
 import numpy as np
 
 
@@ -79,6 +86,11 @@ def affine_backward(dout, cache):
     dx : ndarray of shape (N, d_1, ..., d_k)
     dw : ndarray of shape (D, M)
     db : ndarray of shape (M,)
+
+    Raises
+    ------
+    ValueError
+        If dout does not have the shape (N, M) of the forward output (name both shapes).
     """
     x, w, b = cache
     N, (D, M) = x.shape[0], w.shape
@@ -94,7 +106,7 @@ def affine_backward(dout, cache):
     return dx, dw, db
 
 
-# ---- book/fc_layers.md:275 ----
+# ---- book/fc_layers.md:287 ----
 import numpy as np
 
 
@@ -116,7 +128,7 @@ def relu_forward(x):
     return out, cache
 
 
-# ---- book/fc_layers.md:299 ----
+# ---- book/fc_layers.md:311 ----
 import numpy as np
 
 
@@ -131,6 +143,11 @@ def relu_backward(dout, cache):
     Returns
     -------
     dx : ndarray of the same shape as x
+
+    Raises
+    ------
+    ValueError
+        If dout does not have the shape of x (name both shapes).
     """
     x = cache
     dout = np.asarray(dout)
@@ -142,7 +159,7 @@ def relu_backward(dout, cache):
     return np.where(x > 0, dout, 0.0)
 
 
-# ---- book/fc_layers.md:540 ----
+# ---- book/fc_layers.md:560 ----
 import numpy as np
 
 
@@ -171,7 +188,7 @@ def _check_scores_labels(name, x, y):
     return x, y
 
 
-# ---- book/fc_layers.md:574 ----
+# ---- book/fc_layers.md:594 ----
 import numpy as np
 
 
@@ -189,6 +206,12 @@ def svm_loss(x, y):
     -------
     loss : scalar
     dx : ndarray of shape (N, C), the gradient of the loss with respect to x.
+
+    Raises
+    ------
+    ValueError
+        Through ``x, y = _check_scores_labels("svm_loss", x, y)``, called first (bad shapes,
+        non-integer labels or labels outside [0, C); integer scores are cast to float64).
     """
     x, y = _check_scores_labels("svm_loss", x, y)
     N = x.shape[0]
@@ -204,7 +227,7 @@ def svm_loss(x, y):
     return loss, dx
 
 
-# ---- book/fc_layers.md:609 ----
+# ---- book/fc_layers.md:635 ----
 import numpy as np
 
 
@@ -222,6 +245,12 @@ def softmax_loss(x, y):
     -------
     loss : scalar
     dx : ndarray of shape (N, C), the gradient of the loss with respect to x.
+
+    Raises
+    ------
+    ValueError
+        Through ``x, y = _check_scores_labels("softmax_loss", x, y)``, called first (bad shapes,
+        non-integer labels or labels outside [0, C); integer scores are cast to float64).
     """
     x, y = _check_scores_labels("softmax_loss", x, y)
     N = x.shape[0]
@@ -311,7 +340,7 @@ def _bn_inputs(name, x, gamma, beta, bn_param):
     return x, gamma, beta, param
 
 
-# ---- book/normalization.md:277 ----
+# ---- book/normalization.md:281 ----
 import numpy as np
 
 
@@ -323,8 +352,12 @@ def batchnorm_forward(x, gamma, beta, bn_param):
     averages are stored back). Train mode normalises each feature with the batch mean and biased
     variance, ``xhat = (x - mean) / sqrt(var + eps)``, and updates the running averages as
     ``running = momentum * running + (1 - momentum) * batch_statistic``; test mode normalises with
-    the running averages. Returns ``out = gamma * xhat + beta`` (N, D) and a cache for
-    ``batchnorm_backward`` and ``batchnorm_backward_alt``.
+    the running averages. Validate all arguments first with ``_bn_inputs`` (bad input, a missing
+    'mode' included, raises ValueError). Returns ``out = gamma * xhat + beta`` (N, D), of x's
+    dtype, and a cache for ``batchnorm_backward`` and ``batchnorm_backward_alt``: a dict with at
+    least 'mode', 'gamma', 'xhat' (N, D) and 'inv_std' (D,), ``1 / sqrt(var + eps)`` of the batch
+    (train) or of the running variance (test); later cells read cache['xhat'] and
+    cache['inv_std']. In train mode, add what your staged backward pass needs.
     """
     x, gamma, beta, param = _bn_inputs("batchnorm_forward", x, gamma, beta, bn_param)
     mode, eps, momentum, running_mean, running_var = param
@@ -349,15 +382,18 @@ def batchnorm_forward(x, gamma, beta, bn_param):
     return out, cache
 
 
-# ---- book/normalization.md:510 ----
+# ---- book/normalization.md:519 ----
 import numpy as np
 
 
 def batchnorm_backward(dout, cache):
     """Backward pass of batch normalization, step by step through the computational graph.
 
-    dout (N, D) is the upstream gradient, cache comes from ``batchnorm_forward``.
-    Returns dx (N, D), dgamma (D,), dbeta (D,).
+    dout (N, D) is the upstream gradient, cache comes from ``batchnorm_forward``; check dout with
+    ``_norm_check_dout`` (ValueError unless its shape is that of cache['xhat']). If the cache
+    comes from test mode (cache['mode'] == 'test'), the layer is a fixed affine map and
+    ``dx = gamma * inv_std * dout``. Returns dx (N, D), dgamma (D,), dbeta (D,) (float32 stays
+    float32).
     """
     xhat, gamma, inv_std = cache["xhat"], cache["gamma"], cache["inv_std"]
     dout = _norm_check_dout("batchnorm_backward", dout, xhat.shape)
@@ -387,7 +423,7 @@ def batchnorm_backward(dout, cache):
     return dx, dgamma, dbeta
 
 
-# ---- book/normalization.md:649 ----
+# ---- book/normalization.md:661 ----
 import numpy as np
 
 
@@ -395,8 +431,11 @@ def batchnorm_backward_alt(dout, cache):
     """Backward pass of batch normalization in closed form, with inv_std = 1 / sqrt(var + eps):
     ``dx = gamma * inv_std * (dout - dbeta / N - xhat * dgamma / N)``.
 
-    dout (N, D) is the upstream gradient, cache comes from ``batchnorm_forward``.
-    Returns dx (N, D), dgamma (D,), dbeta (D,).
+    dout (N, D) is the upstream gradient, cache comes from ``batchnorm_forward``; check dout with
+    ``_norm_check_dout`` (ValueError unless its shape is that of cache['xhat']). If the cache
+    comes from test mode (cache['mode'] == 'test'), the layer is a fixed affine map and
+    ``dx = gamma * inv_std * dout``. Returns dx (N, D), dgamma (D,), dbeta (D,) (float32 stays
+    float32).
     """
     xhat, gamma, inv_std = cache["xhat"], cache["gamma"], cache["inv_std"]
     dout = _norm_check_dout("batchnorm_backward_alt", dout, xhat.shape)
@@ -409,33 +448,16 @@ def batchnorm_backward_alt(dout, cache):
     return dx, dgamma, dbeta
 
 
-# ---- book/normalization.md:677 ----
-import numpy as np
-
-
-def _norm_standardize(x, axis, eps):
-    """(xhat, inv_std): x minus its mean over ``axis``, over sqrt(variance + eps); keeps dims."""
-    mean = x.mean(axis=axis, keepdims=True)
-    xc = x - mean
-    inv_std = 1.0 / np.sqrt((xc * xc).mean(axis=axis, keepdims=True) + eps)
-    return xc * inv_std, inv_std
-
-
-def _norm_standardize_backward(dxhat, xhat, inv_std, axis):
-    """Gradient with respect to x of the standardisation over ``axis``, given dxhat:
-    inv_std * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))."""
-    mean_dxhat = dxhat.mean(axis=axis, keepdims=True)
-    return inv_std * (dxhat - mean_dxhat - xhat * (dxhat * xhat).mean(axis=axis, keepdims=True))
-
-
-# ---- book/normalization.md:786 ----
+# ---- book/normalization.md:782 ----
 import numpy as np
 
 
 def spatial_batchnorm_forward(x, gamma, beta, bn_param):
     """Spatial batch normalization of x (N, C, H, W): one mean and variance per channel, over N, H
     and W. gamma, beta: (C,); bn_param as for ``batchnorm_forward``, with running averages of
-    shape (C,). Returns out (N, C, H, W) and a cache for ``spatial_batchnorm_backward``.
+    shape (C,). Validate with ``_norm_check_x``, ``_norm_check_scale_shift`` and
+    ``_norm_bn_param`` (bad input raises ValueError naming this function). Returns out
+    (N, C, H, W), of x's dtype, and a cache for ``spatial_batchnorm_backward``.
     """
     name = "spatial_batchnorm_forward"
     x = _norm_check_x(name, x, "(N, C, H, W)")
@@ -450,7 +472,8 @@ def spatial_batchnorm_forward(x, gamma, beta, bn_param):
 
 def spatial_batchnorm_backward(dout, cache):
     """Backward pass of spatial batch normalization: dout (N, C, H, W), the upstream gradient,
-    and the cache of ``spatial_batchnorm_forward``. Returns dx (N, C, H, W), dgamma and dbeta (C,).
+    and the cache of ``spatial_batchnorm_forward``. Check dout with ``_norm_check_dout``
+    (ValueError for a wrong shape). Returns dx (N, C, H, W), dgamma and dbeta (C,).
     """
     bn_cache, shape = cache
     dout = _norm_check_dout("spatial_batchnorm_backward", dout, shape)
@@ -461,38 +484,72 @@ def spatial_batchnorm_backward(dout, cache):
     return dx, dgamma, dbeta
 
 
-# ---- book/normalization.md:886 ----
+# ---- book/normalization.md:897 ----
+import numpy as np
+
+
+def standardize(x, axis, eps):
+    """Standardise x over one axis: subtract its mean over ``axis`` and divide by
+    ``sqrt(var + eps)``, with var the biased variance over ``axis``.
+
+    x: float array of any shape; axis: int; eps: float > 0 (validated by the caller).
+    Returns (xhat, inv_std): xhat of x's shape and dtype, and ``inv_std = 1 / sqrt(var + eps)``
+    of x's shape with ``axis`` of length 1 (keepdims), so that ``xhat = (x - mean) * inv_std``.
+    """
+    mean = x.mean(axis=axis, keepdims=True)
+    xc = x - mean
+    inv_std = 1.0 / np.sqrt((xc * xc).mean(axis=axis, keepdims=True) + eps)
+    return xc * inv_std, inv_std
+
+
+def standardize_backward(dxhat, xhat, inv_std, axis):
+    """Backward pass of ``standardize`` over ``axis``: the gradient with respect to x, given
+    dxhat, the upstream gradient with respect to xhat.
+
+    dxhat, xhat: arrays of one shape; inv_std: as returned by ``standardize`` (xhat's shape with
+    ``axis`` of length 1); axis: int. Returns dx of xhat's shape (float32 stays float32), in
+    closed form: ``dx = inv_std * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))``, with the
+    means over ``axis``.
+    """
+    mean_dxhat = dxhat.mean(axis=axis, keepdims=True)
+    return inv_std * (dxhat - mean_dxhat - xhat * (dxhat * xhat).mean(axis=axis, keepdims=True))
+
+
+# ---- book/normalization.md:969 ----
 import numpy as np
 
 
 def layernorm_forward(x, gamma, beta, ln_param):
     """Layer normalization of x (N, D): each example is normalised over its D features, the same
     way at train and test time (no running averages). gamma, beta: (D,); ln_param: dict (or None)
-    with ``eps`` (> 0, default 1e-5), other keys ignored. Returns out (N, D) and a cache for
+    with ``eps`` (> 0, default 1e-5), other keys ignored. Validate with ``_norm_check_x``,
+    ``_norm_check_scale_shift`` and ``_norm_eps`` (bad input raises ValueError), then standardise
+    with ``standardize``. Returns out (N, D), of x's dtype, and a cache for
     ``layernorm_backward``.
     """
     name = "layernorm_forward"
     x = _norm_check_x(name, x, "(N, D)")
     gamma, beta = _norm_check_scale_shift(name, gamma, beta, (x.shape[1],), x.shape)
     eps = _norm_eps(name, ln_param if ln_param is not None else {}, "ln_param")
-    xhat, inv_std = _norm_standardize(x, axis=1, eps=eps)
+    xhat, inv_std = standardize(x, axis=1, eps=eps)
     out = gamma * xhat + beta
     return out, {"xhat": xhat, "inv_std": inv_std, "gamma": gamma}
 
 
 def layernorm_backward(dout, cache):
     """Backward pass of layer normalization: dout (N, D), the upstream gradient, and the cache of
-    ``layernorm_forward``. Returns dx (N, D), dgamma (D,), dbeta (D,).
+    ``layernorm_forward``. Check dout with ``_norm_check_dout`` (ValueError for a wrong shape);
+    dx comes from ``standardize_backward``. Returns dx (N, D), dgamma (D,), dbeta (D,).
     """
     xhat, gamma, inv_std = cache["xhat"], cache["gamma"], cache["inv_std"]
     dout = _norm_check_dout("layernorm_backward", dout, xhat.shape)
     dbeta = dout.sum(axis=0)
     dgamma = (dout * xhat).sum(axis=0)
-    dx = _norm_standardize_backward(dout * gamma, xhat, inv_std, axis=1)
+    dx = standardize_backward(dout * gamma, xhat, inv_std, axis=1)
     return dx, dgamma, dbeta
 
 
-# ---- book/normalization.md:965 ----
+# ---- book/normalization.md:1051 ----
 import numbers
 
 
@@ -504,7 +561,7 @@ def _norm_check_groups(name, G, C):
     return int(G)
 
 
-# ---- book/normalization.md:979 ----
+# ---- book/normalization.md:1065 ----
 import numpy as np
 
 
@@ -512,7 +569,9 @@ def spatial_groupnorm_forward(x, gamma, beta, G, gn_param):
     """Group normalization of x (N, C, H, W): the C channels of each example are split into G
     groups of C // G consecutive channels, and each group is normalised over its channels and
     positions. gamma, beta: (1, C, 1, 1); G divides C; gn_param: dict (or None) with ``eps``
-    (> 0, default 1e-5), other keys ignored. Returns out (N, C, H, W) and a cache for
+    (> 0, default 1e-5), other keys ignored. Validate with ``_norm_check_x``,
+    ``_norm_check_groups`` (G must divide C), ``_norm_check_scale_shift`` and ``_norm_eps`` (bad
+    input raises ValueError). Returns out (N, C, H, W), of x's dtype, and a cache for
     ``spatial_groupnorm_backward``.
     """
     name = "spatial_groupnorm_forward"
@@ -521,7 +580,7 @@ def spatial_groupnorm_forward(x, gamma, beta, G, gn_param):
     G = _norm_check_groups(name, G, C)
     gamma, beta = _norm_check_scale_shift(name, gamma, beta, (1, C, 1, 1), x.shape)
     eps = _norm_eps(name, gn_param if gn_param is not None else {}, "gn_param")
-    xhat_groups, inv_std = _norm_standardize(x.reshape(N, G, -1), axis=2, eps=eps)
+    xhat_groups, inv_std = standardize(x.reshape(N, G, -1), axis=2, eps=eps)
     xhat = xhat_groups.reshape(x.shape)
     out = gamma * xhat + beta
     return out, {"xhat": xhat, "inv_std": inv_std, "gamma": gamma, "G": G}
@@ -529,7 +588,8 @@ def spatial_groupnorm_forward(x, gamma, beta, G, gn_param):
 
 def spatial_groupnorm_backward(dout, cache):
     """Backward pass of group normalization: dout (N, C, H, W), the upstream gradient, and the
-    cache of ``spatial_groupnorm_forward``. Returns dx (N, C, H, W), dgamma and dbeta (1, C, 1, 1).
+    cache of ``spatial_groupnorm_forward``. Check dout with ``_norm_check_dout`` (ValueError for
+    a wrong shape). Returns dx (N, C, H, W), dgamma and dbeta (1, C, 1, 1).
     """
     xhat, gamma, inv_std, G = cache["xhat"], cache["gamma"], cache["inv_std"], cache["G"]
     dout = _norm_check_dout("spatial_groupnorm_backward", dout, xhat.shape)
@@ -537,7 +597,7 @@ def spatial_groupnorm_backward(dout, cache):
     dbeta = dout.sum(axis=(0, 2, 3), keepdims=True)
     dgamma = (dout * xhat).sum(axis=(0, 2, 3), keepdims=True)
     dxhat = (dout * gamma).reshape(N, G, -1)
-    dx = _norm_standardize_backward(dxhat, xhat.reshape(N, G, -1), inv_std, axis=2)
+    dx = standardize_backward(dxhat, xhat.reshape(N, G, -1), inv_std, axis=2)
     return dx.reshape(xhat.shape), dgamma, dbeta
 
 
@@ -683,7 +743,7 @@ def conv_output_size(size, field, stride=1, pad=0, name="conv_output_size", what
     return span // stride + 1
 
 
-# ---- book/convolution.md:415 ----
+# ---- book/convolution.md:421 ----
 import numbers
 
 import numpy as np
@@ -736,7 +796,7 @@ def _conv_check_dout(name, dout, shape, dtype):
     return dout.astype(dtype, copy=False)
 
 
-# ---- book/convolution.md:474 ----
+# ---- book/convolution.md:480 ----
 import numpy as np
 
 
@@ -745,7 +805,10 @@ def conv_forward_naive(x, w, b, conv_param):
 
     x : (N, C, H, W); w : (F, C, HH, WW); b : (F,); conv_param : {'stride': S, 'pad': P}.
     Returns out of shape (N, F, H_out, W_out), H_out = (H - HH + 2P)/S + 1 (same for W),
-    and the cache (x, w, b, conv_param).
+    and the cache (x, w, b, conv_param), with x, w, b as returned by the check below.
+    Start with ``_conv_check("conv_forward_naive", x, w, b, conv_param)``: it raises ValueError
+    for every bad argument and returns x, w, b cast to one float dtype (out's dtype too), S, P,
+    H_out, W_out.
     """
     x, w, b, S, P, H_out, W_out = _conv_check("conv_forward_naive", x, w, b, conv_param)
     N, F, (_, C, HH, WW) = x.shape[0], w.shape[0], w.shape
@@ -760,14 +823,17 @@ def conv_forward_naive(x, w, b, conv_param):
     return out, (x, w, b, conv_param)
 
 
-# ---- book/convolution.md:504 ----
+# ---- book/convolution.md:515 ----
 import numpy as np
 
 
 def conv_backward_naive(dout, cache):
     """Backward pass of ``conv_forward_naive``.
 
-    Returns dx of shape (N, C, H, W), dw of shape (F, C, HH, WW) and db of shape (F,).
+    dout : (N, F, H_out, W_out); cache : (x, w, b, conv_param) from ``conv_forward_naive``.
+    Returns dx of shape (N, C, H, W), dw of shape (F, C, HH, WW) and db of shape (F,), in x's
+    dtype. Check dout with ``_conv_check_dout("conv_backward_naive", dout, shape, x.dtype)``
+    (ValueError if dout's shape is not the forward output's).
     """
     x, w, b, conv_param = cache
     (N, C, H, W), (F, _, HH, WW) = x.shape, w.shape
@@ -850,12 +916,15 @@ def max_pool_forward_naive(x, pool_param):
     x : ndarray of shape (N, C, H, W)
     pool_param : dict with 'pool_height' (PH), 'pool_width' (PW) and 'stride' (S), positive
         integers such that H_out = (H - PH)/S + 1 and W_out = (W - PW)/S + 1 are integers >= 1
-        (otherwise ValueError)
+
+    Start with ``_pool_check_input("max_pool_forward_naive", x, pool_param)``: it raises
+    ValueError for every bad x or pool_param (a missing key included) and returns
+    (x, PH, PW, S, H_out, W_out).
 
     Returns
     -------
     out : ndarray of shape (N, C, H_out, W_out), of x's dtype
-    cache : (x, PH, PW, S), for ``max_pool_backward_naive``
+    cache : (x, PH, PW, S), with x as returned by the check, for ``max_pool_backward_naive``
     """
     x, PH, PW, S, H_out, W_out = _pool_check_input("max_pool_forward_naive", x, pool_param)
     N, C = x.shape[:2]
@@ -868,7 +937,7 @@ def max_pool_forward_naive(x, pool_param):
     return out, cache
 
 
-# ---- book/pooling.md:297 ----
+# ---- book/pooling.md:300 ----
 import numpy as np
 
 
@@ -878,6 +947,10 @@ def max_pool_backward_naive(dout, cache):
     Each dout[n, c, i, j] goes to the maximum of its window; if several inputs of the window are
     equal to the maximum, to the first of them in row-major order (as ``np.argmax`` of the
     flattened window). Inputs that win several overlapping windows get the sum of their gradients.
+    Visit the windows in row-major order (i outer, j inner) and add each window's dout into dx
+    as you go (``+=``): the fast version sums overlapping windows in this order, and the chapter
+    checks that the two agree to the bit. Check dout with ``_pool_check_dout`` (ValueError if
+    its shape is not the forward output's).
 
     Parameters
     ----------
@@ -903,16 +976,18 @@ def max_pool_backward_naive(dout, cache):
     return dx
 
 
-# ---- book/pooling.md:428 ----
+# ---- book/pooling.md:435 ----
 import numpy as np
 
 
 def avg_pool_forward_naive(x, pool_param):
     """Forward pass of average pooling, one window position at a time.
 
-    Parameters and returns as for ``max_pool_forward_naive``: x of shape (N, C, H, W), pool_param
-    with 'pool_height', 'pool_width' and 'stride'; out of shape (N, C, H_out, W_out) holds the mean
-    of each window; cache = (x, PH, PW, S), for ``avg_pool_backward_naive``.
+    Parameters, returns and checks as for ``max_pool_forward_naive`` (start with
+    ``_pool_check_input("avg_pool_forward_naive", x, pool_param)``, ValueError for bad input):
+    x of shape (N, C, H, W), pool_param with 'pool_height', 'pool_width' and 'stride'; out of
+    shape (N, C, H_out, W_out) and x's dtype holds the mean of each window;
+    cache = (x, PH, PW, S), for ``avg_pool_backward_naive``.
     """
     x, PH, PW, S, H_out, W_out = _pool_check_input("avg_pool_forward_naive", x, pool_param)
     N, C = x.shape[:2]
@@ -927,7 +1002,11 @@ def avg_pool_forward_naive(x, pool_param):
 def avg_pool_backward_naive(dout, cache):
     """Backward pass of average pooling: every input of a window gets dout / (PH * PW).
 
-    dout : (N, C, H_out, W_out); cache from ``avg_pool_forward_naive``. Returns dx like x.
+    dout : (N, C, H_out, W_out); cache from ``avg_pool_forward_naive``. Returns dx of the shape
+    and dtype of x. Check dout with ``_pool_check_dout`` (ValueError for a wrong shape). Divide
+    (``dout / (PH * PW)``, not a product with 1/(PH*PW)), visit the windows in row-major order
+    (i outer, j inner) and add each window's share into dx (``+=``): the fast version matches
+    this to the bit, and the chapter checks it.
     """
     x, PH, PW, S = cache
     N, C, H, W = x.shape
@@ -977,6 +1056,8 @@ _EXPLAINED_IN = {
     'batchnorm_backward_alt': 'the chapter "Normalization" (book/normalization.md), section "The backward pass in closed form"',
     'spatial_batchnorm_forward': 'the chapter "Normalization" (book/normalization.md), section "Spatial batch normalization"',
     'spatial_batchnorm_backward': 'the chapter "Normalization" (book/normalization.md), section "Spatial batch normalization"',
+    'standardize': 'the chapter "Normalization" (book/normalization.md), section "Layer normalization"',
+    'standardize_backward': 'the chapter "Normalization" (book/normalization.md), section "Layer normalization"',
     'layernorm_forward': 'the chapter "Normalization" (book/normalization.md), section "Layer normalization"',
     'layernorm_backward': 'the chapter "Normalization" (book/normalization.md), section "Layer normalization"',
     'spatial_groupnorm_forward': 'the chapter "Normalization" (book/normalization.md), section "Group normalization"',

@@ -105,6 +105,13 @@ def sgd(w, dw, config=None):
     -------
     next_w : ndarray of the shape and dtype of ``w``
     config : the same dictionary (a new one if ``config`` was None)
+
+    Raises
+    ------
+    ValueError
+        For a non-float ``w``, a ``dw`` or state array of another shape, or a hyperparameter
+        out of its range. Validate first with ``w, dw = _check_w_dw("sgd", w, dw)`` (also casts
+        dw to w's dtype), then ``(lr,) = _setup("sgd", config, w, {"learning_rate": 1e-2})``.
     """
     if config is None:
         config = {}
@@ -114,7 +121,7 @@ def sgd(w, dw, config=None):
     return next_w.astype(w.dtype, copy=False), config
 
 
-# ---- book/optimizers.md:269 ----
+# ---- book/optimizers.md:276 ----
 import numpy as np
 
 
@@ -141,6 +148,14 @@ def sgd_momentum(w, dw, config=None):
     -------
     next_w : ndarray of the shape and dtype of ``w``
     config : the same dictionary, with the new velocity
+
+    Raises
+    ------
+    ValueError
+        For a non-float ``w``, a ``dw`` or state array of another shape, or a hyperparameter
+        out of its range. Validate first with ``_check_w_dw("sgd_momentum", w, dw)``, then
+        ``_setup("sgd_momentum", config, w, defaults, state=("velocity",))`` with the defaults
+        above, in that order; it returns ``lr, momentum, velocity``.
     """
     if config is None:
         config = {}
@@ -154,7 +169,7 @@ def sgd_momentum(w, dw, config=None):
     return next_w.astype(w.dtype, copy=False), config
 
 
-# ---- book/optimizers.md:360 ----
+# ---- book/optimizers.md:375 ----
 import numpy as np
 
 
@@ -183,6 +198,14 @@ def rmsprop(w, dw, config=None):
     -------
     next_w : ndarray of the shape and dtype of ``w``
     config : the same dictionary, with the new cache
+
+    Raises
+    ------
+    ValueError
+        For a non-float ``w``, a ``dw`` or state array of another shape, or a hyperparameter
+        out of its range. Validate first with ``_check_w_dw("rmsprop", w, dw)``, then
+        ``_setup("rmsprop", config, w, defaults, state=("cache",))`` with the defaults above,
+        in that order; it returns ``lr, decay_rate, epsilon, cache``.
     """
     if config is None:
         config = {}
@@ -196,7 +219,7 @@ def rmsprop(w, dw, config=None):
     return next_w.astype(w.dtype, copy=False), config
 
 
-# ---- book/optimizers.md:440 ----
+# ---- book/optimizers.md:463 ----
 import numpy as np
 
 
@@ -222,6 +245,15 @@ def adam(w, dw, config=None):
     -------
     next_w : ndarray of the shape and dtype of ``w``
     config : the same dictionary, with the new ``m``, ``v`` and ``t``
+
+    Raises
+    ------
+    ValueError
+        For a non-float ``w``, a ``dw`` or state array of another shape, or a hyperparameter
+        out of its range, or a bad ``t``. Validate first with ``_check_w_dw("adam", w, dw)``,
+        then ``_setup("adam", config, w, defaults, state=("m", "v"))`` with the defaults above,
+        in that order (it returns ``lr, beta1, beta2, epsilon, m, v``), and read ``t`` with
+        ``_step_count("adam", config)``.
     """
     if config is None:
         config = {}
@@ -239,7 +271,7 @@ def adam(w, dw, config=None):
     return next_w.astype(w.dtype, copy=False), config
 
 
-# ---- book/optimizers.md:842 ----
+# ---- book/optimizers.md:891 ----
 #: Number of arrays of the shape of a parameter that each update rule keeps in ``config``
 #: (Adam's step counter ``t`` is a scalar and is not counted).
 STATE_PER_PARAMETER = {"sgd": 0, "sgd_momentum": 1, "rmsprop": 1, "adam": 2}

@@ -120,6 +120,7 @@ def test_a_wrong_implementation_is_caught_by_the_chapter(chapter):
     assert error is not None, f"the chapter did not notice the wrong {function}"
     ename, evalue, traceback, index = error
     assert ename == "AssertionError", (ename, evalue)
+    assert function in evalue, f"the AssertionError does not name {function}: {evalue!r}"
     printed = "".join(o.get("text", "") for o in nbformat.from_dict(cells[index]).get(
         "outputs", []) if o.output_type == "stream")
     assert shown in traceback + printed, (traceback, printed)

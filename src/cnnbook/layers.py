@@ -106,7 +106,7 @@ def affine_backward(dout, cache):
     return dx, dw, db
 
 
-# ---- book/fc_layers.md:287 ----
+# ---- book/fc_layers.md:290 ----
 import numpy as np
 
 
@@ -128,7 +128,7 @@ def relu_forward(x):
     return out, cache
 
 
-# ---- book/fc_layers.md:311 ----
+# ---- book/fc_layers.md:314 ----
 import numpy as np
 
 
@@ -159,7 +159,7 @@ def relu_backward(dout, cache):
     return np.where(x > 0, dout, 0.0)
 
 
-# ---- book/fc_layers.md:560 ----
+# ---- book/fc_layers.md:563 ----
 import numpy as np
 
 
@@ -188,7 +188,7 @@ def _check_scores_labels(name, x, y):
     return x, y
 
 
-# ---- book/fc_layers.md:594 ----
+# ---- book/fc_layers.md:597 ----
 import numpy as np
 
 
@@ -227,7 +227,7 @@ def svm_loss(x, y):
     return loss, dx
 
 
-# ---- book/fc_layers.md:635 ----
+# ---- book/fc_layers.md:638 ----
 import numpy as np
 
 

@@ -25,10 +25,10 @@ from chapters import (  # noqa: E402
     ROOT,
     ChapterError,
     chapter_timeout,
-    chapters,
     code_cells,
     data_cells,
     kernel_environment,
+    notebook_chapters,
     read_chapter,
     reference_json,
     reference_path,
@@ -127,9 +127,9 @@ def execute(chapter: Path, root: Path = ROOT):
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("chapters", nargs="*", type=Path, help="chapter files (default: all in _toc.yml)")
+    parser.add_argument("chapters", nargs="*", type=Path, help="chapter files (default: every notebook chapter in _toc.yml)")
     args = parser.parse_args(argv)
-    targets = [p.resolve() for p in args.chapters] or chapters()
+    targets = [p.resolve() for p in args.chapters] or notebook_chapters()
     for chapter in targets:
         if chapter.suffix != ".md" or not chapter.exists():
             print(f"refresh_outputs: {chapter} is not a chapter file", file=sys.stderr)

@@ -4,13 +4,16 @@ cnnbook.training with its checkpoints (kill and resume in a real subprocess).
 
 Everything runs on tiny synthetic uint8 images (no CIFAR-10) and tiny networks.
 """
+import errno
 import json
 import os
 import platform
 import re
 import signal
+import stat
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -178,7 +181,7 @@ def _real_checkpoint(path):
     return path
 
 
-@pytest.mark.parametrize("kind", ["garbage", "truncated", "empty", "directory"])
+@pytest.mark.parametrize("kind", ["garbage", "truncated", "flipped byte", "empty", "directory"])
 def test_unreadable_checkpoint_raises_checkpoint_error_naming_the_path(tmp_path, kind):
     path = tmp_path / "bad.npz"
     if kind == "garbage":
@@ -186,6 +189,10 @@ def test_unreadable_checkpoint_raises_checkpoint_error_naming_the_path(tmp_path,
     elif kind == "truncated":
         data = _real_checkpoint(tmp_path / "good.npz").read_bytes()
         path.write_bytes(data[:len(data) // 2])
+    elif kind == "flipped byte":  # the zip's CRC-32 notices
+        data = bytearray(_real_checkpoint(tmp_path / "good.npz").read_bytes())
+        data[data.index(b"param/W.npy") + 500] ^= 0xFF
+        path.write_bytes(bytes(data))
     elif kind == "empty":
         path.write_bytes(b"")
     else:
@@ -309,6 +316,77 @@ def test_save_checkpoint_round_trip_leaves_no_temporary_file(tmp_path):
         assert loaded[k].dtype == arrays[k].dtype and np.array_equal(loaded[k], arrays[k])
 
 
+def _record_syncs(monkeypatch, events, directory_errno=None):
+    """Record os.fsync (of a file or a directory) and os.replace calls in ``events``; with
+    ``directory_errno``, an fsync of a directory fails with that error."""
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        kind = "directory" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file"
+        events.append(("fsync", kind))
+        if kind == "directory" and directory_errno is not None:
+            raise OSError(directory_errno, os.strerror(directory_errno))
+        real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("replace", Path(src), Path(dst)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(training.os, "fsync", fsync)
+    monkeypatch.setattr(training.os, "replace", replace)
+
+
+def test_save_checkpoint_syncs_the_file_renames_it_then_syncs_the_directory(tmp_path,
+                                                                            monkeypatch):
+    path, events = tmp_path / "ckpt.npz", []
+    _record_syncs(monkeypatch, events)
+    save_checkpoint(path, {"w": np.ones(3)}, {"epoch": 1})
+    assert [e[:2] if e[0] == "fsync" else e[0] for e in events] == [
+        ("fsync", "file"), "replace", ("fsync", "directory")]
+    tmp, target = events[1][1:]
+    assert target == path and tmp.parent == tmp_path
+    assert re.fullmatch(r"ckpt\.npz\..+\.tmp", tmp.name), tmp.name
+
+
+def test_save_checkpoint_where_directories_cannot_be_synced(tmp_path, monkeypatch):
+    events = []
+    _record_syncs(monkeypatch, events, directory_errno=errno.EINVAL)
+    save_checkpoint(tmp_path / "a.npz", {"w": np.ones(3)}, {"epoch": 1})  # EINVAL: no error
+    assert events[-1] == ("fsync", "directory")
+    monkeypatch.setattr(training, "_O_DIRECTORY", None)  # as on Windows: not even tried
+    events.clear()
+    save_checkpoint(tmp_path / "b.npz", {"w": np.ones(3)}, {"epoch": 2})
+    assert ("fsync", "directory") not in events and load_checkpoint(tmp_path / "b.npz")[1]["epoch"]
+
+
+def test_save_checkpoint_reports_a_failed_directory_sync(tmp_path, monkeypatch):
+    _record_syncs(monkeypatch, [], directory_errno=errno.EIO)
+    with pytest.raises(OSError, match="Input/output error|I/O"):
+        save_checkpoint(tmp_path / "a.npz", {"w": np.ones(3)}, {"epoch": 1})
+
+
+def test_stale_temporary_files_do_not_get_in_the_way(tmp_path):
+    path = tmp_path / "ckpt.npz"
+    stale = [tmp_path / "ckpt.npz.tmp", tmp_path / "ckpt.npz.k1ll3d.tmp"]
+    for p in stale:
+        p.write_bytes(b"PK\x03\x04 half of a killed write")
+        p.chmod(0o400)  # not even writable
+    save_checkpoint(path, {"w": np.ones(3)}, {"epoch": 1})
+    save_checkpoint(path, {"w": np.zeros(3)}, {"epoch": 2})
+    assert load_checkpoint(path)[1]["epoch"] == 2
+    assert sorted(tmp_path.iterdir()) == sorted([path, *stale])
+    assert all(p.read_bytes() == b"PK\x03\x04 half of a killed write" for p in stale)
+
+
+def test_header_that_is_not_json_fails_before_any_file_is_written(tmp_path):
+    path = tmp_path / "ckpt.npz"
+    save_checkpoint(path, {"w": np.ones(3)}, {"epoch": 1})
+    before = path.read_bytes()
+    with pytest.raises(TypeError, match="int64"):
+        save_checkpoint(path, {"w": np.ones(3)}, {"epoch": np.int64(2)})
+    assert path.read_bytes() == before and sorted(tmp_path.iterdir()) == [path]
+
+
 def _failing_savez(f, *args, **kwargs):
     f.write(b"PK\x03\x04 half of a zip file")
     raise OSError("no space left on device (simulated)")
@@ -321,21 +399,13 @@ def test_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setattr(training.np, "savez", _failing_savez)
     with pytest.raises(OSError, match="simulated"):
         save_checkpoint(path, {"param/W": np.zeros((3, 3))}, {"epoch": 2})
+    assert not list(tmp_path.glob("*.tmp"))
     monkeypatch.undo()
     arrays, meta = load_checkpoint(path)
     assert meta["epoch"] == 1
     assert np.array_equal(arrays["param/W"], old["param/W"])
     save_checkpoint(path, {"param/W": np.zeros((3, 3))}, {"epoch": 2})  # a later save works
     assert load_checkpoint(path)[1]["epoch"] == 2
-    assert not list(tmp_path.glob("*.tmp"))
-
-
-def test_failed_save_leaves_no_temporary_file(tmp_path, monkeypatch):
-    path = tmp_path / "ckpt.npz"
-    save_checkpoint(path, {"w": np.ones(2)}, {"epoch": 1})
-    monkeypatch.setattr(training.np, "savez", _failing_savez)
-    with pytest.raises(OSError):
-        save_checkpoint(path, {"w": np.zeros(2)}, {"epoch": 2})
     assert not list(tmp_path.glob("*.tmp"))
 
 

@@ -45,9 +45,11 @@ def normalize(X, mean, std):
     return (X.astype(np.float32) * np.float32(1 / 255) - mean) / std
 
 
-# ---- book/fast_training.md:966 ----
+# ---- book/fast_training.md:973 ----
+import errno
 import json
 import os
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -59,19 +61,40 @@ class CheckpointError(ValueError):
 
 
 def save_checkpoint(path, arrays, meta):
-    """Write arrays (dict name -> ndarray) and meta (a JSON-able dict) to ``path`` atomically."""
+    """Write arrays (dict name -> ndarray) and meta (a JSON-able dict) to ``path`` atomically:
+    to a new temporary file in the same directory, synced, renamed over ``path``, and the
+    directory synced. On failure the temporary file is removed and ``path`` is untouched. The
+    file is readable and writable by its owner only (as ``tempfile.mkstemp`` creates it)."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    header = json.dumps({"format": CHECKPOINT_FORMAT, **meta})
+    header = json.dumps({"format": CHECKPOINT_FORMAT, **meta})  # fails before any file exists
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
-        with open(tmp, "wb") as f:
+        with os.fdopen(fd, "wb") as f:
             np.savez(f, __header__=np.array(header), **arrays)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        tmp.unlink(missing_ok=True)  # the previous checkpoint at path is untouched
+        Path(tmp).unlink(missing_ok=True)  # the previous checkpoint at path is untouched
         raise
+    _fsync_directory(path.parent)
+
+
+_O_DIRECTORY = getattr(os, "O_DIRECTORY", None)  # None on Windows: no fsync of a directory
+
+
+def _fsync_directory(directory):
+    """Sync ``directory``, so that a rename in it survives a crash of the system (POSIX)."""
+    if _O_DIRECTORY is None:
+        return
+    fd = os.open(directory, os.O_RDONLY | _O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:  # EINVAL: a file system that cannot sync directories
+            raise
+    finally:
+        os.close(fd)
 
 
 def load_checkpoint(path):
@@ -89,7 +112,7 @@ def load_checkpoint(path):
     return arrays, meta
 
 
-# ---- book/fast_training.md:1021 ----
+# ---- book/fast_training.md:1051 ----
 from cnnbook import optim
 
 
@@ -129,7 +152,7 @@ class Trainer:
         self.epoch, self.step = 0, 0
         self.history = {"loss": [], "train_acc": [], "test_acc": [], "lr": [], "seconds": []}
 
-    # ---- book/fast_training.md:1073 ----
+    # ---- book/fast_training.md:1103 ----
     def train_epoch(self):
         """One pass over the shuffled, augmented training images; returns (mean loss, accuracy)."""
         X, y, bs = self.data["X_train"], self.data["y_train"], self.batch_size
@@ -159,7 +182,7 @@ class Trainer:
             bar.close()
         return float(np.mean(losses)), correct / (self.steps_per_epoch * bs)
 
-    # ---- book/fast_training.md:1111 ----
+    # ---- book/fast_training.md:1141 ----
     def state(self):
         """The training state as (arrays, meta) for ``save_checkpoint``."""
         arrays = {f"param/{k}": v for k, v in self.model.params.items()}
@@ -173,7 +196,7 @@ class Trainer:
                 "history": self.history, "rng": self.rng.bit_generator.state}
         return arrays, meta
 
-    # ---- book/fast_training.md:1126 ----
+    # ---- book/fast_training.md:1156 ----
     def restore(self, arrays, meta, source="checkpoint"):
         """Continue from a state made by ``state()`` (same settings and parameters, or an error)."""
         if meta.get("settings") != self.settings:
@@ -207,7 +230,7 @@ class Trainer:
         self.epoch, self.step, self.history = meta["epoch"], meta["step"], meta["history"]
         self.rng.bit_generator.state = meta["rng"]
 
-    # ---- book/fast_training.md:1166 ----
+    # ---- book/fast_training.md:1196 ----
     def train(self):
         """Run (or resume) the training; returns the history dict."""
         if self.checkpoint is not None and Path(self.checkpoint).exists():
@@ -233,12 +256,12 @@ class Trainer:
                 self.on_epoch_end(self)
         return self.history
 
-    # ---- book/fast_training.md:1193 ----
+    # ---- book/fast_training.md:1223 ----
     def _print(self, message):
         if self.verbose:
             print(message, flush=True)
 
-    # ---- book/fast_training.md:1208 ----
+    # ---- book/fast_training.md:1238 ----
     def predict(self, X, tta=True, batch_size=1000):
         """Class scores (N, num_classes) of uint8 images X (N, H, W, C), optionally with flip TTA."""
         out = []
@@ -250,17 +273,17 @@ class Trainer:
             out.append(scores)
         return np.concatenate(out)
 
-    # ---- book/fast_training.md:1221 ----
+    # ---- book/fast_training.md:1251 ----
     def accuracy(self, X, y, tta=True):
         """Fraction of the images X whose highest score is their label y."""
         return float((self.predict(X, tta).argmax(axis=1) == y).mean())
 
 
-# ---- book/fast_training.md:1069 ----
+# ---- book/fast_training.md:1099 ----
 import time
 
 
-# ---- book/fast_training.md:1204 ----
+# ---- book/fast_training.md:1234 ----
 import os
 
 
@@ -275,7 +298,7 @@ def _progress_bar(total, desc):
     return tqdm(total=total, desc=desc, unit="batch", leave=False)
 
 
-# ---- book/fast_training.md:1250 ----
+# ---- book/fast_training.md:1280 ----
 import ctypes
 import sys
 

@@ -26,9 +26,9 @@ from cnnbook.gradient_check import eval_numerical_gradient_array, rel_error
 from cnnbook.layers import (conv_backward_naive, conv_forward_naive, softmax_loss,
                             softmax_loss_smooth)
 from cnnbook.optim import sgd_nesterov
-from cnnbook.training import (CHECKPOINT_FORMAT, CheckpointError, Trainer, channel_stats,
-                              load_checkpoint, normalize, one_cycle_lr, random_crop_flip,
-                              save_checkpoint)
+from cnnbook.training import (CHECKPOINT_FORMAT, TRAINER_SETTINGS, CheckpointError, Trainer,
+                              TrainingDiverged, channel_stats, load_checkpoint, normalize,
+                              one_cycle_lr, random_crop_flip, save_checkpoint)
 
 
 @pytest.fixture(autouse=True)
@@ -168,9 +168,148 @@ def test_training_changes_the_parameters_in_place():
     assert all(np.isfinite(v).all() for v in arrays.values())
 
 
-def test_trainer_rejects_fewer_images_than_one_batch():
-    with pytest.raises(ValueError, match="fewer than one batch"):
-        _trainer(batch_size=128)
+# ---------------------------------------------------------------- settings and data
+
+
+def test_numpy_settings_are_stored_as_python_numbers_and_the_checkpoint_is_written(tmp_path):
+    path = tmp_path / "run.npz"
+    trainer = _trainer(epochs=np.int64(1), batch_size=np.int32(16), learning_rate=np.float32(0.25),
+                       warmup=np.float64(0.5), momentum=np.float32(0.5), weight_decay=np.int64(0),
+                       pad=np.uint8(2), seed=np.int64(3), checkpoint=path)
+    trainer.train()
+    _, meta = load_checkpoint(path)
+    assert meta["epoch"] == 1 and meta["settings"] == trainer.settings
+    for name, (kind, _, _) in TRAINER_SETTINGS.items():
+        assert type(trainer.settings[name]) is kind, name
+    assert (trainer.epochs, trainer.batch_size, trainer.pad) == (1, 16, 2)
+    assert trainer.settings["learning_rate"] == 0.25 and trainer.settings["seed"] == 3
+    assert type(trainer.epochs) is int and type(trainer.steps_per_epoch) is int
+
+
+BAD_SETTINGS = [("epochs", 0), ("epochs", -1), ("epochs", 2.0), ("epochs", True),
+                ("epochs", "2"), ("epochs", np.int64(0)), ("batch_size", -16), ("batch_size", 0),
+                ("batch_size", None), ("learning_rate", 0), ("learning_rate", -0.1),
+                ("learning_rate", float("nan")), ("learning_rate", float("inf")),
+                ("learning_rate", "0.4"), ("warmup", 1.0), ("warmup", -0.1), ("momentum", 1),
+                ("momentum", np.float32(-0.5)), ("weight_decay", -1e-4),
+                ("weight_decay", float("nan")), ("pad", -1), ("pad", 1.5), ("seed", -1),
+                ("seed", 0.5), ("seed", "0"), ("seed", None)]
+
+
+@pytest.mark.parametrize("name, value", BAD_SETTINGS,
+                         ids=[f"{n}={v!r}" for n, v in BAD_SETTINGS])
+def test_bad_setting_is_refused_before_any_work(monkeypatch, name, value):
+    data = _data()
+    model = _model(data)
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the trainer started working before checking its settings")
+
+    for function in ("channel_stats", "_check_data"):
+        monkeypatch.setattr(training, function, no_work)
+    with pytest.raises(ValueError) as info:
+        Trainer(model, data, **{"epochs": 2, "batch_size": 16, name: value})
+    message = str(info.value)
+    assert message.startswith(f"Trainer: {name} must be ") and message.endswith(f"got {value!r}")
+
+
+def _drop(key):
+    return lambda d: d.pop(key)
+
+
+def _replace(key, change):
+    return lambda d: d.update({key: change(d[key])})
+
+
+BAD_DATA = {
+    "no y_test": (_drop("y_test"), "data must be a dict"),
+    "float images": (_replace("X_train", lambda X: X.astype(np.float32)), "data['X_train']"),
+    "grey images": (_replace("X_train", lambda X: X[..., 0]), "data['X_train']"),
+    "no test images": (lambda d: d.update(X_test=d["X_test"][:0], y_test=d["y_test"][:0]),
+                       "data['X_test']"),
+    "label missing": (_replace("y_train", lambda y: y[:-1]), "data['y_train'] must be 64"),
+    "float labels": (_replace("y_test", lambda y: y.astype(float)), "data['y_test']"),
+    "negative label": (_replace("y_train", lambda y: np.where(y == y[3], -1, y)), "negative"),
+    "test images of another size": (_replace("X_test", lambda X: X[:, :12]), "differ in size"),
+    "fewer images than a batch": (_replace("X_train", lambda X: X), "fewer than one batch"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_DATA))
+def test_bad_data_is_refused_before_any_work(monkeypatch, case):
+    damage, words = BAD_DATA[case]
+    data = _data()
+    model = _model(data)
+    damage(data)
+    monkeypatch.setattr(training, "channel_stats", None)  # called only after the checks
+    batch_size = 128 if case == "fewer images than a batch" else 16
+    with pytest.raises(ValueError, match=re.escape(words)):
+        Trainer(model, data, epochs=2, batch_size=batch_size)
+
+
+# ---------------------------------------------------------------- a diverging run
+
+
+def _poison(trainer, run_step, what):
+    """Make the model's training loss (what="loss") or its W2 gradient (what="gradient") nan at
+    step ``run_step`` (counted from 1) of the run; returns a dict that then receives a copy of
+    the parameters as they were before that step."""
+    real_loss, calls, before = trainer.model.loss, [0], {}
+
+    def loss(X, y=None):
+        if y is None:
+            return real_loss(X)
+        value, grads = real_loss(X, y)
+        calls[0] += 1
+        if calls[0] == run_step:
+            before.update({k: v.copy() for k, v in trainer.model.params.items()})
+            if what == "loss":
+                value = np.float32(np.nan)
+            else:
+                grads["W2"] = np.where(grads["W2"] > 0, np.inf, grads["W2"])
+        return value, grads
+
+    trainer.model.loss = loss
+    return before
+
+
+@pytest.mark.parametrize("what", ["loss", "gradient"])
+def test_diverging_run_stops_before_the_update_and_keeps_the_last_good_checkpoint(tmp_path, what):
+    path, written = tmp_path / "run.npz", {}
+    trainer = _trainer(epochs=3, checkpoint=path,
+                       on_epoch_end=lambda t: written.update({t.epoch: path.read_bytes()}))
+    before = _poison(trainer, 6, what)  # 4 steps per epoch: step 2 of epoch 2
+    with pytest.raises(TrainingDiverged) as info:
+        trainer.train()
+    message = str(info.value)
+    assert "at epoch 2/3, step 2 of 4 (step 6 of the run)" in message, message
+    assert f"{path} still holds epoch 1" in message
+    assert ("the loss is nan" in message) == (what == "loss")
+    n_params = len(trainer.model.params)
+    assert (f"1 of {n_params} gradients are not finite (W2)" in message) == (what == "gradient")
+    assert issubclass(TrainingDiverged, RuntimeError)
+    for k, v in trainer.model.params.items():  # not updated with the bad gradients
+        assert np.array_equal(v, before[k]), k
+    assert list(written) == [1] and path.read_bytes() == written[1]
+    assert not list(tmp_path.glob("*.tmp"))
+    resumed = _trainer(epochs=3, checkpoint=path)  # the last good checkpoint still resumes
+    resumed.train()
+    assert resumed.epoch == 3
+
+
+def test_far_too_high_learning_rate_is_stopped_with_the_last_good_checkpoint(tmp_path):
+    path = tmp_path / "run.npz"
+    trainer = _trainer(epochs=3, learning_rate=1e6, checkpoint=path)
+    with np.errstate(all="ignore"), pytest.raises(TrainingDiverged) as info:
+        trainer.train()
+    epoch = int(re.search(r"diverged at epoch (\d)/3, step \d of 4 ", str(info.value)).group(1))
+    if epoch == 1:
+        assert not path.exists()
+    else:
+        arrays, meta = load_checkpoint(path)
+        assert meta["epoch"] == epoch - 1 and f"{path} still holds epoch" in str(info.value)
+        assert all(np.isfinite(a).all() for a in arrays.values())
+        assert all(np.isfinite(v).all() for v in meta["history"]["loss"])
 
 
 # ---------------------------------------------------------------- corrupt checkpoints

@@ -112,7 +112,63 @@ def load_checkpoint(path):
     return arrays, meta
 
 
-# ---- book/fast_training.md:1051 ----
+# ---- book/fast_training.md:1058 ----
+import math
+import numbers
+
+#: The Trainer's numeric settings: name -> (type, test of a value of that type, the test in words).
+TRAINER_SETTINGS = {
+    "epochs": (int, lambda v: v >= 1, "an int >= 1"),
+    "batch_size": (int, lambda v: v >= 1, "an int >= 1"),
+    "learning_rate": (float, lambda v: 0 < v < math.inf, "a finite number > 0"),
+    "warmup": (float, lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "momentum": (float, lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "weight_decay": (float, lambda v: 0 <= v < math.inf, "a finite number >= 0"),
+    "pad": (int, lambda v: v >= 0, "an int >= 0"),
+    "seed": (int, lambda v: v >= 0, "an int >= 0"),
+}
+
+
+def _check_settings(settings):
+    """The settings (dict name -> value, names of ``TRAINER_SETTINGS``) as Python ints and floats,
+    or a ValueError naming the first bad setting and its value."""
+    checked = {}
+    for name, value in settings.items():
+        kind, test, rule = TRAINER_SETTINGS[name]
+        accepted = numbers.Integral if kind is int else numbers.Real  # NumPy numbers included
+        ok = isinstance(value, accepted) and not isinstance(value, (bool, np.bool_))
+        if not (ok and test(kind(value))):
+            raise ValueError(f"Trainer: {name} must be {rule}, got {value!r}")
+        checked[name] = kind(value)
+    return checked
+
+
+def _check_data(data, batch_size):
+    """ValueError unless data holds uint8 images X_train, X_test (N, H, W, C) of one size,
+    integer labels y_train, y_test >= 0, one per image, and one batch of training images or more."""
+    keys = ("X_train", "y_train", "X_test", "y_test")
+    if not isinstance(data, dict) or not set(keys) <= set(data):
+        found = sorted(data) if isinstance(data, dict) else type(data).__name__
+        raise ValueError(f"Trainer: data must be a dict with the arrays {keys}, got {found}")
+    for split in ("train", "test"):
+        X, y = data[f"X_{split}"], data[f"y_{split}"]
+        if not (isinstance(X, np.ndarray) and X.dtype == np.uint8 and X.ndim == 4 and len(X)):
+            raise ValueError(f"Trainer: data['X_{split}'] must be uint8 images (N, H, W, C), N >= 1"
+                             f", got {getattr(X, 'dtype', type(X))} of shape {np.shape(X)}")
+        if not (isinstance(y, np.ndarray) and y.dtype.kind in "iu" and y.shape == X.shape[:1]):
+            raise ValueError(f"Trainer: data['y_{split}'] must be {len(X)} integer labels, got "
+                             f"{getattr(y, 'dtype', type(y))} of shape {np.shape(y)}")
+        if y.min() < 0:
+            raise ValueError(f"Trainer: data['y_{split}'] has a negative label {y.min()}")
+    if data["X_test"].shape[1:] != data["X_train"].shape[1:]:
+        raise ValueError(f"Trainer: test images {data['X_test'].shape[1:]} and training images "
+                         f"{data['X_train'].shape[1:]} differ in size")
+    if len(data["X_train"]) < batch_size:
+        raise ValueError(f"Trainer: {len(data['X_train'])} training images are fewer than "
+                         f"one batch of {batch_size}")
+
+
+# ---- book/fast_training.md:1117 ----
 from cnnbook import optim
 
 
@@ -120,41 +176,44 @@ class Trainer:
     """Trains a channels-last model (``FastConvNet``) with the recipe of this chapter.
 
     data : dict with X_train (N, H, W, C) uint8, y_train (N,), X_test, y_test.
-    Settings: epochs, batch_size, learning_rate (the peak of ``one_cycle_lr``), warmup, momentum,
-    weight_decay (for parameters with 2 or more dimensions), pad (of ``random_crop_flip``), seed
-    (the shuffling and augmentation), checkpoint (a file path, or None for no checkpoints),
-    on_epoch_end (called with the trainer after each checkpoint is written).
+    Settings (checked first, ValueError if bad; see ``TRAINER_SETTINGS``): epochs, batch_size,
+    learning_rate (the peak of ``one_cycle_lr``), warmup, momentum, weight_decay (for parameters
+    with 2 or more dimensions), pad (of ``random_crop_flip``), seed (the shuffling and
+    augmentation); checkpoint (a file path, or None for no checkpoints), on_epoch_end (called with
+    the trainer at the end of each epoch, after its checkpoint is written).
+    The model has ``params``, ``bn_params`` (batch normalization ``name`` scaled by the parameter
+    ``'gamma' + name``) and ``loss``, as ``FastConvNet``.
     """
 
     def __init__(self, model, data, epochs=16, batch_size=512, learning_rate=0.4, warmup=0.25,
                  momentum=0.9, weight_decay=5e-4, pad=4, seed=0, checkpoint=None,
                  on_epoch_end=None, verbose=True):
+        settings = _check_settings(dict(
+            epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, warmup=warmup,
+            momentum=momentum, weight_decay=weight_decay, pad=pad, seed=seed))
+        _check_data(data, settings["batch_size"])
         self.model, self.data = model, data
-        model_settings = {k: getattr(model, k, None) for k in ("widths", "smoothing", "scale")}
-        self.settings = dict(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
-                             warmup=warmup, momentum=momentum, weight_decay=weight_decay,
-                             pad=pad, seed=seed, model=type(model).__name__,
-                             n_train=len(data["X_train"]),
-                             **{k: list(v) if isinstance(v, tuple) else v
-                                for k, v in model_settings.items()})
-        self.epochs, self.batch_size, self.pad = epochs, batch_size, pad
+        model_settings = {k: np.asarray(getattr(model, k, None)).tolist()  # JSON-able
+                          for k in ("widths", "smoothing", "scale")}
+        self.settings = dict(settings, model=type(model).__name__, n_train=len(data["X_train"]),
+                             **model_settings)
+        self.epochs, self.batch_size = settings["epochs"], settings["batch_size"]
+        self.pad = settings["pad"]
         self.checkpoint, self.on_epoch_end, self.verbose = checkpoint, on_epoch_end, verbose
         self.mean, self.std = channel_stats(data["X_train"])
-        self.steps_per_epoch = len(data["X_train"]) // batch_size
-        if self.steps_per_epoch == 0:
-            raise ValueError(f"Trainer: {len(data['X_train'])} training images are fewer than "
-                             f"one batch of {batch_size}")
-        self.total_steps = epochs * self.steps_per_epoch
-        self.rng = np.random.default_rng(seed)
-        self.configs = {name: {"momentum": momentum,
-                               "weight_decay": weight_decay if p.ndim > 1 else 0.0}
+        self.steps_per_epoch = len(data["X_train"]) // self.batch_size
+        self.total_steps = self.epochs * self.steps_per_epoch
+        self.rng = np.random.default_rng(settings["seed"])
+        self.configs = {name: {"momentum": settings["momentum"],
+                               "weight_decay": settings["weight_decay"] if p.ndim > 1 else 0.0}
                         for name, p in model.params.items()}
         self.epoch, self.step = 0, 0
         self.history = {"loss": [], "train_acc": [], "test_acc": [], "lr": [], "seconds": []}
 
-    # ---- book/fast_training.md:1103 ----
+    # ---- book/fast_training.md:1184 ----
     def train_epoch(self):
-        """One pass over the shuffled, augmented training images; returns (mean loss, accuracy)."""
+        """One pass over the shuffled, augmented training images; returns (mean loss, accuracy).
+        Raises TrainingDiverged before an update whose loss or gradients are not finite."""
         X, y, bs = self.data["X_train"], self.data["y_train"], self.batch_size
         order = self.rng.permutation(len(X))
         bar = _progress_bar(self.steps_per_epoch, f"epoch {self.epoch + 1}/{self.epochs}")
@@ -163,6 +222,7 @@ class Trainer:
             idx = order[i * bs:(i + 1) * bs]
             X_batch = normalize(random_crop_flip(X[idx], self.rng, self.pad), self.mean, self.std)
             loss, grads = self.model.loss(X_batch, y[idx])
+            self._check_finite(loss, grads, i)
             lr = one_cycle_lr(self.step, self.total_steps, self.settings["learning_rate"],
                               self.settings["warmup"])
             for name, param in self.model.params.items():
@@ -182,7 +242,22 @@ class Trainer:
             bar.close()
         return float(np.mean(losses)), correct / (self.steps_per_epoch * bs)
 
-    # ---- book/fast_training.md:1141 ----
+    # ---- book/fast_training.md:1217 ----
+    def _check_finite(self, loss, grads, i):
+        """TrainingDiverged unless the loss and the gradients of step i of this epoch are finite."""
+        bad = [name for name, g in grads.items() if not np.isfinite(g).all()]
+        if np.isfinite(loss) and not bad:
+            return
+        names = ", ".join(bad[:3]) + (", ..." if len(bad) > 3 else "")
+        grads_text = f", {len(bad)} of {len(grads)} gradients are not finite ({names})" if bad else ""
+        kept = (f"; {self.checkpoint} still holds epoch {self.epoch}"
+                if self.checkpoint is not None and self.epoch > 0 else "")
+        raise TrainingDiverged(
+            f"Trainer: training diverged at epoch {self.epoch + 1}/{self.epochs}, step {i + 1} of "
+        f"{self.steps_per_epoch} (step {self.step + 1} of the run): the loss is {float(loss)}"
+        f"{grads_text}; the parameters were not updated with this step's gradients{kept}")
+
+    # ---- book/fast_training.md:1240 ----
     def state(self):
         """The training state as (arrays, meta) for ``save_checkpoint``."""
         arrays = {f"param/{k}": v for k, v in self.model.params.items()}
@@ -196,7 +271,7 @@ class Trainer:
                 "history": self.history, "rng": self.rng.bit_generator.state}
         return arrays, meta
 
-    # ---- book/fast_training.md:1156 ----
+    # ---- book/fast_training.md:1255 ----
     def restore(self, arrays, meta, source="checkpoint"):
         """Continue from a state made by ``state()`` (same settings and parameters, or an error)."""
         if meta.get("settings") != self.settings:
@@ -230,7 +305,7 @@ class Trainer:
         self.epoch, self.step, self.history = meta["epoch"], meta["step"], meta["history"]
         self.rng.bit_generator.state = meta["rng"]
 
-    # ---- book/fast_training.md:1196 ----
+    # ---- book/fast_training.md:1295 ----
     def train(self):
         """Run (or resume) the training; returns the history dict."""
         if self.checkpoint is not None and Path(self.checkpoint).exists():
@@ -256,12 +331,12 @@ class Trainer:
                 self.on_epoch_end(self)
         return self.history
 
-    # ---- book/fast_training.md:1223 ----
+    # ---- book/fast_training.md:1322 ----
     def _print(self, message):
         if self.verbose:
             print(message, flush=True)
 
-    # ---- book/fast_training.md:1238 ----
+    # ---- book/fast_training.md:1337 ----
     def predict(self, X, tta=True, batch_size=1000):
         """Class scores (N, num_classes) of uint8 images X (N, H, W, C), optionally with flip TTA."""
         out = []
@@ -273,17 +348,21 @@ class Trainer:
             out.append(scores)
         return np.concatenate(out)
 
-    # ---- book/fast_training.md:1251 ----
+    # ---- book/fast_training.md:1350 ----
     def accuracy(self, X, y, tta=True):
         """Fraction of the images X whose highest score is their label y."""
         return float((self.predict(X, tta).argmax(axis=1) == y).mean())
 
 
-# ---- book/fast_training.md:1099 ----
+# ---- book/fast_training.md:1176 ----
 import time
 
 
-# ---- book/fast_training.md:1234 ----
+class TrainingDiverged(RuntimeError):
+    """The loss or a gradient of a training step is nan or infinite (the training diverged)."""
+
+
+# ---- book/fast_training.md:1333 ----
 import os
 
 
@@ -298,7 +377,7 @@ def _progress_bar(total, desc):
     return tqdm(total=total, desc=desc, unit="batch", leave=False)
 
 
-# ---- book/fast_training.md:1280 ----
+# ---- book/fast_training.md:1379 ----
 import ctypes
 import sys
 
@@ -326,6 +405,7 @@ _EXPLAINED_IN = {
     'save_checkpoint': 'the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Checkpoints and the trainer"',
     'load_checkpoint': 'the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Checkpoints and the trainer"',
     'Trainer': 'the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Checkpoints and the trainer"',
+    'TrainingDiverged': 'the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Checkpoints and the trainer"',
     'keep_freed_memory': 'the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Checkpoints and the trainer"',
 }
 for _name, _where in _EXPLAINED_IN.items():

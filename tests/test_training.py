@@ -1,9 +1,12 @@
 """Tests of the fast-training chapter (book/fast_training.md): the channels-last layers of
 cnnbook.nhwc, FastConvNet, sgd_nesterov, softmax_loss_smooth and the Trainer of
-cnnbook.training with its checkpoints (kill and resume in a real subprocess).
+cnnbook.training with its checkpoints (killed after an epoch, in the middle of writing a
+checkpoint and during the evaluation, in a real subprocess, then resumed), the checks of its
+settings, data and checkpoints, and a diverging run.
 
 Everything runs on tiny synthetic uint8 images (no CIFAR-10) and tiny networks.
 """
+import copy
 import errno
 import json
 import os
@@ -55,6 +58,8 @@ def _trainer(data=None, widths=(4, 4, 4), **settings):
     data = _data() if data is None else data
     settings = {"epochs": 2, "batch_size": 16, "verbose": False, **settings}
     return Trainer(_model(data, widths), data, **settings)
+
+
 
 
 # ---------------------------------------------------------------- kill and resume
@@ -205,7 +210,7 @@ def test_bad_setting_is_refused_before_any_work(monkeypatch, name, value):
     def no_work(*args, **kwargs):
         raise AssertionError("the trainer started working before checking its settings")
 
-    for function in ("channel_stats", "_check_data"):
+    for function in ("channel_stats", "_data_fingerprint", "_check_data"):
         monkeypatch.setattr(training, function, no_work)
     with pytest.raises(ValueError) as info:
         Trainer(model, data, **{"epochs": 2, "batch_size": 16, name: value})
@@ -312,65 +317,182 @@ def test_far_too_high_learning_rate_is_stopped_with_the_last_good_checkpoint(tmp
         assert all(np.isfinite(v).all() for v in meta["history"]["loss"])
 
 
-# ---------------------------------------------------------------- corrupt checkpoints
+# ---------------------------------------------------------------- restoring a checkpoint
 
 
-def _real_checkpoint(path):
-    save_checkpoint(path, {"param/W": np.arange(2000.0).reshape(40, 50)}, {"epoch": 1})
-    return path
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """The checkpoint files of epochs 1 and 2 of a 2-epoch run of ``_trainer``."""
+    folder = tmp_path_factory.mktemp("checkpoints")
+    path, paths = folder / "run.npz", {}
+
+    def keep(trainer):
+        paths[trainer.epoch] = folder / f"epoch{trainer.epoch}.npz"
+        paths[trainer.epoch].write_bytes(path.read_bytes())
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TQDM_DISABLE", "1")
+        _trainer(epochs=2, checkpoint=path, on_epoch_end=keep).train()
+    return paths
 
 
-@pytest.mark.parametrize("kind", ["garbage", "truncated", "flipped byte", "empty", "directory"])
-def test_unreadable_checkpoint_raises_checkpoint_error_naming_the_path(tmp_path, kind):
-    path = tmp_path / "bad.npz"
-    if kind == "garbage":
-        path.write_bytes(b"this is not a checkpoint \x00\x01\x02\xff" * 20)
-    elif kind == "truncated":
-        data = _real_checkpoint(tmp_path / "good.npz").read_bytes()
-        path.write_bytes(data[:len(data) // 2])
-    elif kind == "flipped byte":  # the zip's CRC-32 notices
-        data = bytearray(_real_checkpoint(tmp_path / "good.npz").read_bytes())
-        data[data.index(b"param/W.npy") + 500] ^= 0xFF
-        path.write_bytes(bytes(data))
-    elif kind == "empty":
-        path.write_bytes(b"")
+def _snapshot(trainer):
+    """A copy of everything ``restore`` may change, and the identity of the parameter arrays."""
+    return copy.deepcopy({
+        "params": trainer.model.params, "bn_params": trainer.model.bn_params,
+        "whitening": trainer.model.whitening, "configs": trainer.configs,
+        "rng": trainer.rng.bit_generator.state, "epoch": trainer.epoch, "step": trainer.step,
+        "history": trainer.history, "ids": {k: id(v) for k, v in trainer.model.params.items()}})
+
+
+def _assert_same(a, b, where="trainer"):
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), where
+        for k in a:
+            _assert_same(a[k], b[k], f"{where}[{k!r}]")
+    elif isinstance(a, np.ndarray):
+        assert isinstance(b, np.ndarray), where
+        assert (a.dtype, a.shape) == (b.dtype, b.shape) and np.array_equal(a, b), where
     else:
-        path.mkdir()
-    with pytest.raises(CheckpointError, match=re.escape(str(path))):
-        load_checkpoint(path)
-    assert issubclass(CheckpointError, ValueError)
+        assert type(a) is type(b) and a == b, where
 
 
-def test_npy_file_is_not_a_checkpoint(tmp_path):
-    path = tmp_path / "array.npy"
-    np.save(path, np.arange(3))
-    with pytest.raises(CheckpointError, match=re.escape(str(path))):
-        load_checkpoint(path)
+def _set_array(key, change):
+    return lambda arrays, meta: arrays.update({key: change(arrays.get(key))})
 
 
-def test_npz_without_header_raises_checkpoint_error(tmp_path):
-    path = tmp_path / "plain.npz"
-    np.savez(path, a=np.ones(3))
-    with pytest.raises(CheckpointError, match="cnnbook checkpoint") as info:
-        load_checkpoint(path)
-    assert str(path) in str(info.value)
+def _set_meta(*keys, value):
+    def damage(arrays, meta):
+        for key in keys[:-1]:
+            meta = meta[key]
+        meta[keys[-1]] = value
+    return damage
 
 
-@pytest.mark.parametrize("header", [
-    json.dumps({"format": "other-program/3", "epoch": 1}),
-    json.dumps({"epoch": 1}),
-    json.dumps(["cnnbook-checkpoint/1"]),
-    "{not json",
-])
-def test_header_of_another_format_raises_checkpoint_error(tmp_path, header):
-    path = tmp_path / "other.npz"
-    np.savez(path, __header__=np.array(header), w=np.ones(2))
-    with pytest.raises(CheckpointError, match=re.escape(str(path))) as info:
-        load_checkpoint(path)
+def _delete(kind, key):
+    return lambda arrays, meta: (arrays if kind == "array" else meta).pop(key)
+
+
+CORRUPT = {  # name: (damage(arrays, meta) of the checkpoint of epoch 2, the entry named)
+    "param dtype": (_set_array("param/W1", lambda a: a.astype(np.float64)), "param/W1"),
+    "param shape": (_set_array("param/W_fc", lambda a: a[:, :5]), "param/W_fc"),
+    "param nan": (_set_array("param/b_fc", lambda a: np.full_like(a, np.nan)), "param/b_fc"),
+    "param missing": (_delete("array", "param/gamma2r"), "param/gamma2r"),
+    "param unknown": (_set_array("param/W9", lambda a: np.zeros(3, np.float32)), "param/W9"),
+    "velocity shape": (_set_array("velocity/W2", lambda a: a[:1]), "velocity/W2"),
+    "velocity inf": (_set_array("velocity/W3", lambda a: a + np.inf), "velocity/W3"),
+    "velocity missing": (_delete("array", "velocity/beta1"), "velocity/beta1"),
+    "velocity unknown": (_set_array("velocity/nonexistent", lambda a: np.zeros(4, np.float32)),
+                         "velocity/nonexistent"),
+    "bn dtype": (_set_array("bn/1r/running_var", lambda a: a.astype(np.float16)),
+                 "bn/1r/running_var"),
+    "bn shape": (_set_array("bn/2/running_mean", lambda a: a[None]), "bn/2/running_mean"),
+    "bn missing": (_delete("array", "bn/3r/running_mean"), "bn/3r/running_mean"),
+    "bn unknown eps": (_set_array("bn/1/eps", lambda a: np.array(1e-5, np.float32)), "bn/1/eps"),
+    "bn unknown stat": (_set_array("bn/1/running_foo", lambda a: np.zeros(4, np.float32)),
+                        "bn/1/running_foo"),
+    "bn unknown layer": (_set_array("bn/7/running_mean", lambda a: np.zeros(4, np.float32)),
+                         "bn/7/running_mean"),
+    "whitening dtype": (_set_array("fixed/whitening", lambda a: a.astype(np.float64)),
+                        "fixed/whitening"),
+    "whitening values": (_set_array("fixed/whitening", lambda a: a * 2), "fixed/whitening"),
+    "header missing": (_delete("meta", "rng"), "'rng' is missing"),
+    "header unknown": (_set_meta("comment", value="hello"), "comment"),
+    "rng other kind": (_set_meta("rng", value=np.random.MT19937(0).state), "rng"),
+    "rng not a dict": (_set_meta("rng", value=[1, 2]), "rng"),
+    "rng state a string": (_set_meta("rng", "state", "state", value="12"), "rng"),
+    "rng state a float": (_set_meta("rng", "state", "inc", value=1.5), "rng"),
+    "rng state negative": (_set_meta("rng", "state", "state", value=-1), "rng"),
+    "rng extra entry": (_set_meta("rng", "seed", value=3), "rng"),
+    "epoch too large": (_set_meta("epoch", value=3), "epoch"),
+    "epoch negative": (_set_meta("epoch", value=-1), "epoch"),
+    "epoch float": (_set_meta("epoch", value=2.0), "epoch"),
+    "epoch bool": (_set_meta("epoch", value=True), "epoch"),
+    "epoch string": (_set_meta("epoch", value="2"), "epoch"),
+    "step inconsistent": (_set_meta("step", value=7), "step"),
+    "step float": (_set_meta("step", value=8.0), "step"),
+    "epoch and step of epoch 1": (lambda a, m: m.update(epoch=1, step=4), "history/loss"),
+    "history not a dict": (_set_meta("history", value=[]), "history"),
+    "history key missing": (lambda a, m: m["history"].pop("lr"), "history"),
+    "history key unknown": (_set_meta("history", "val_acc", value=[0.1, 0.2]), "history"),
+    "history list short": (lambda a, m: m["history"]["loss"].pop(), "history/loss"),
+    "history test_acc empty": (_set_meta("history", "test_acc", value=[]), "history/test_acc"),
+    "history not a list": (_set_meta("history", "lr", value="0.1"), "history/lr"),
+    "history nan": (lambda a, m: m["history"]["seconds"].__setitem__(0, float("nan")),
+                    "history/seconds"),
+    "history string": (lambda a, m: m["history"]["train_acc"].__setitem__(1, "0.5"),
+                       "history/train_acc"),
+    "settings": (_set_meta("settings", "learning_rate", value=0.5), "settings"),
+    "data": (_set_meta("data", value="sha256:0"), "the data differ"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CORRUPT))
+def test_corrupt_entry_is_refused_by_name_and_changes_nothing(checkpoints, case):
+    damage, entry = CORRUPT[case]
+    arrays, meta = load_checkpoint(checkpoints[2])
+    damage(arrays, meta)
+    trainer = _trainer(epochs=2)
+    trainer.restore(*load_checkpoint(checkpoints[1]))  # a trainer in the middle of its run
+    before = _snapshot(trainer)
+    with pytest.raises(CheckpointError) as info:
+        trainer.restore(arrays, meta, source="/runs/bad.npz")
     message = str(info.value)
-    assert "format" in message or "cnnbook checkpoint" in message
-    if header.startswith('{"format"'):
-        assert "other-program/3" in message and CHECKPOINT_FORMAT in message
+    assert message.startswith("/runs/bad.npz: ") and entry in message, message
+    _assert_same(_snapshot(trainer), before)
+    trainer.restore(*load_checkpoint(checkpoints[2]))  # a good checkpoint is still taken
+    assert trainer.epoch == 2
+
+
+@pytest.mark.parametrize("case", ["bn unknown eps", "rng state a float", "history list short"])
+def test_train_refuses_a_corrupt_checkpoint_file_and_leaves_it_alone(tmp_path, checkpoints, case):
+    damage, entry = CORRUPT[case]
+    arrays, meta = load_checkpoint(checkpoints[1])
+    damage(arrays, meta)
+    path = tmp_path / "run.npz"
+    save_checkpoint(path, arrays, {k: v for k, v in meta.items() if k != "format"})
+    before = path.read_bytes()
+    with pytest.raises(CheckpointError) as info:
+        _trainer(epochs=2, checkpoint=path).train()
+    assert str(info.value).startswith(f"{path}: ") and entry in str(info.value)
+    assert path.read_bytes() == before
+
+
+def test_restoring_an_untrained_state_removes_velocities_and_averages():
+    fresh, trained = _trainer(), _trainer()
+    arrays, meta = fresh.state()
+    assert not [k for k in arrays if not k.startswith(("param/", "fixed/"))]
+    arrays = {k: v.copy() for k, v in arrays.items()}
+    meta = json.loads(json.dumps(meta))
+    trained.train()
+    trained.restore(arrays, meta)
+    assert (trained.epoch, trained.step) == (0, 0)
+    assert not any("velocity" in c for c in trained.configs.values())
+    assert not any(k.startswith("running_") for bn in trained.model.bn_params.values() for k in bn)
+    fresh.train()
+    trained.train()
+    for k, v in fresh.model.params.items():
+        assert np.array_equal(trained.model.params[k], v), k
+
+
+def test_checkpoint_of_other_training_data_is_refused(tmp_path):
+    data, path = _data(), tmp_path / "run.npz"
+    _trainer(data, epochs=1, checkpoint=path).train()
+    before = path.read_bytes()
+    one_pixel = dict(data, X_train=data["X_train"].copy())
+    one_pixel["X_train"][5, 3, 2, 1] ^= 1
+    one_label = dict(data, y_train=(data["y_train"] + np.arange(64) // 63) % 10)
+    for other in (one_pixel, one_label):
+        trainer = Trainer(_model(data), other, epochs=1, batch_size=16, checkpoint=path)
+        with pytest.raises(CheckpointError, match="the data differ") as info:
+            trainer.train()
+        assert str(info.value).startswith(f"{path}: 'data'")
+        assert trainer.data_fingerprint in str(info.value)
+        assert path.read_bytes() == before
+    same = dict(data, y_train=data["y_train"].astype(np.int32))  # labels of another int type
+    trainer = Trainer(_model(data), same, epochs=1, batch_size=16)
+    trainer.restore(*load_checkpoint(path))
+    assert trainer.epoch == 1 and trainer.data_fingerprint.startswith("sha256:")
 
 
 @pytest.mark.parametrize("change", [{"batch_size": 32}, {"widths": (4, 4, 8)}, {"seed": 3},
@@ -437,6 +559,68 @@ def test_checkpoint_round_trip_restores_the_state(tmp_path):
         assert np.array_equal(other.configs[k]["velocity"], trainer.configs[k]["velocity"])
     assert other.rng.bit_generator.state == trainer.rng.bit_generator.state
     assert other.train() == other.history  # nothing left to do: no epoch runs
+
+
+# ---------------------------------------------------------------- corrupt checkpoints
+
+
+def _real_checkpoint(path):
+    save_checkpoint(path, {"param/W": np.arange(2000.0).reshape(40, 50)}, {"epoch": 1})
+    return path
+
+
+@pytest.mark.parametrize("kind", ["garbage", "truncated", "flipped byte", "empty", "directory"])
+def test_unreadable_checkpoint_raises_checkpoint_error_naming_the_path(tmp_path, kind):
+    path = tmp_path / "bad.npz"
+    if kind == "garbage":
+        path.write_bytes(b"this is not a checkpoint \x00\x01\x02\xff" * 20)
+    elif kind == "truncated":
+        data = _real_checkpoint(tmp_path / "good.npz").read_bytes()
+        path.write_bytes(data[:len(data) // 2])
+    elif kind == "flipped byte":  # the zip's CRC-32 notices
+        data = bytearray(_real_checkpoint(tmp_path / "good.npz").read_bytes())
+        data[data.index(b"param/W.npy") + 500] ^= 0xFF
+        path.write_bytes(bytes(data))
+    elif kind == "empty":
+        path.write_bytes(b"")
+    else:
+        path.mkdir()
+    with pytest.raises(CheckpointError, match=re.escape(str(path))):
+        load_checkpoint(path)
+    assert issubclass(CheckpointError, ValueError)
+
+
+def test_npy_file_is_not_a_checkpoint(tmp_path):
+    path = tmp_path / "array.npy"
+    np.save(path, np.arange(3))
+    with pytest.raises(CheckpointError, match=re.escape(str(path))):
+        load_checkpoint(path)
+
+
+def test_npz_without_header_raises_checkpoint_error(tmp_path):
+    path = tmp_path / "plain.npz"
+    np.savez(path, a=np.ones(3))
+    with pytest.raises(CheckpointError, match="cnnbook checkpoint") as info:
+        load_checkpoint(path)
+    assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize("header", [
+    json.dumps({"format": "other-program/3", "epoch": 1}),
+    json.dumps({"format": "cnnbook-checkpoint/1", "epoch": 1}),  # the format before data checks
+    json.dumps({"epoch": 1}),
+    json.dumps(["cnnbook-checkpoint/1"]),
+    "{not json",
+])
+def test_header_of_another_format_raises_checkpoint_error(tmp_path, header):
+    path = tmp_path / "other.npz"
+    np.savez(path, __header__=np.array(header), w=np.ones(2))
+    with pytest.raises(CheckpointError, match=re.escape(str(path))) as info:
+        load_checkpoint(path)
+    message = str(info.value)
+    assert "format" in message or "cnnbook checkpoint" in message
+    if header.startswith('{"format"'):
+        assert json.loads(header)["format"] in message and CHECKPOINT_FORMAT in message
 
 
 # ---------------------------------------------------------------- atomic writes

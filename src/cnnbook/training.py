@@ -53,7 +53,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-CHECKPOINT_FORMAT = "cnnbook-checkpoint/1"
+CHECKPOINT_FORMAT = "cnnbook-checkpoint/2"
 
 
 class CheckpointError(ValueError):
@@ -112,7 +112,8 @@ def load_checkpoint(path):
     return arrays, meta
 
 
-# ---- book/fast_training.md:1058 ----
+# ---- book/fast_training.md:1060 ----
+import hashlib
 import math
 import numbers
 
@@ -168,7 +169,16 @@ def _check_data(data, batch_size):
                          f"one batch of {batch_size}")
 
 
-# ---- book/fast_training.md:1117 ----
+def _data_fingerprint(X, y):
+    """'sha256:' and the hex SHA-256 of images X and labels y: their shapes, dtype and bytes (the
+    labels as int64, so that their integer type does not matter)."""
+    h = hashlib.sha256(f"{X.shape} {X.dtype.str} {y.shape}".encode())
+    h.update(np.ascontiguousarray(X))
+    h.update(np.ascontiguousarray(y, dtype="<i8"))
+    return "sha256:" + h.hexdigest()
+
+
+# ---- book/fast_training.md:1128 ----
 from cnnbook import optim
 
 
@@ -200,6 +210,7 @@ class Trainer:
         self.epochs, self.batch_size = settings["epochs"], settings["batch_size"]
         self.pad = settings["pad"]
         self.checkpoint, self.on_epoch_end, self.verbose = checkpoint, on_epoch_end, verbose
+        self.data_fingerprint = _data_fingerprint(data["X_train"], data["y_train"])
         self.mean, self.std = channel_stats(data["X_train"])
         self.steps_per_epoch = len(data["X_train"]) // self.batch_size
         self.total_steps = self.epochs * self.steps_per_epoch
@@ -210,7 +221,7 @@ class Trainer:
         self.epoch, self.step = 0, 0
         self.history = {"loss": [], "train_acc": [], "test_acc": [], "lr": [], "seconds": []}
 
-    # ---- book/fast_training.md:1184 ----
+    # ---- book/fast_training.md:1196 ----
     def train_epoch(self):
         """One pass over the shuffled, augmented training images; returns (mean loss, accuracy).
         Raises TrainingDiverged before an update whose loss or gradients are not finite."""
@@ -242,7 +253,7 @@ class Trainer:
             bar.close()
         return float(np.mean(losses)), correct / (self.steps_per_epoch * bs)
 
-    # ---- book/fast_training.md:1217 ----
+    # ---- book/fast_training.md:1229 ----
     def _check_finite(self, loss, grads, i):
         """TrainingDiverged unless the loss and the gradients of step i of this epoch are finite."""
         bad = [name for name, g in grads.items() if not np.isfinite(g).all()]
@@ -257,7 +268,7 @@ class Trainer:
         f"{self.steps_per_epoch} (step {self.step + 1} of the run): the loss is {float(loss)}"
         f"{grads_text}; the parameters were not updated with this step's gradients{kept}")
 
-    # ---- book/fast_training.md:1240 ----
+    # ---- book/fast_training.md:1254 ----
     def state(self):
         """The training state as (arrays, meta) for ``save_checkpoint``."""
         arrays = {f"param/{k}": v for k, v in self.model.params.items()}
@@ -267,45 +278,116 @@ class Trainer:
                        for k, v in bn.items() if k.startswith("running_")})
         if getattr(self.model, "whitening", None) is not None:  # fixed, but part of the model
             arrays["fixed/whitening"] = self.model.whitening
-        meta = {"settings": self.settings, "epoch": self.epoch, "step": self.step,
-                "history": self.history, "rng": self.rng.bit_generator.state}
+        meta = {"settings": self.settings, "data": self.data_fingerprint, "epoch": self.epoch,
+                "step": self.step, "history": self.history, "rng": self.rng.bit_generator.state}
         return arrays, meta
 
-    # ---- book/fast_training.md:1255 ----
-    def restore(self, arrays, meta, source="checkpoint"):
-        """Continue from a state made by ``state()`` (same settings and parameters, or an error)."""
-        if meta.get("settings") != self.settings:
-            raise CheckpointError(f"{source} was written by a run with settings {meta.get('settings')}"
-                              f", not this run's {self.settings}")
-        expected = {f"param/{k}": v.shape for k, v in self.model.params.items()}
-        for key in ("epoch", "step", "history", "rng"):
-            if key not in meta:
-                raise CheckpointError(f"{source}: the header has no {key!r}")
-        for key, shape in expected.items():  # check everything before changing anything
-            if getattr(arrays.get(key), "shape", None) != shape:
-                raise CheckpointError(f"{source}: {key!r} is missing or has another shape "
-                                  f"({getattr(arrays.get(key), 'shape', None)} instead of {shape})")
-        unknown = [k for k in arrays if k not in expected and k != "fixed/whitening"
-                   and k.partition("/")[2].split("/")[0] not in (*self.model.params,
-                                                                 *self.model.bn_params)]
+    # ---- book/fast_training.md:1269 ----
+    def _expected_arrays(self, trained):
+        """Array name -> (shape, dtype) of this trainer's checkpoints; ``trained``: after the first
+        step, which creates the velocities and the batch-norm running averages."""
+        p = self.model.params
+        like = {f"param/{k}": v for k, v in p.items()}
+        if trained:
+            like.update({f"velocity/{k}": v for k, v in p.items()})
+            like.update({f"bn/{name}/{stat}": p[f"gamma{name}"] for name in self.model.bn_params
+                         for stat in ("running_mean", "running_var")})
+        if getattr(self.model, "whitening", None) is not None:
+            like["fixed/whitening"] = self.model.whitening
+        return {k: (v.shape, v.dtype) for k, v in like.items()}
+
+    # ---- book/fast_training.md:1315 ----
+    def _check_run(self, meta, source):
+        """CheckpointError unless the header ``meta`` has this run's entries, data and settings."""
+        own = self.state()[1]
+        missing = [entry for entry in own if entry not in meta]
+        unknown = [entry for entry in meta if entry not in own and entry != "format"]
+        if missing:
+            raise _refused(source, missing[0], "is missing from the header")
         if unknown:
-            raise CheckpointError(f"{source}: arrays {unknown} belong to no parameter of this model")
+            raise _refused(source, unknown[0], "is not an entry of a checkpoint header")
+        if meta["data"] != self.data_fingerprint:
+            raise _refused(source, "data", f"is {meta['data']!r}, this run's training data have "
+                       f"{self.data_fingerprint!r}: the data differ")
+        if meta["settings"] != self.settings:
+            raise _refused(source, "settings", f"are those of another run: {meta['settings']}, "
+                       f"not this run's {self.settings}")
+
+    # ---- book/fast_training.md:1333 ----
+    def _check_progress(self, meta, source):
+        """CheckpointError unless epoch, step and history of ``meta`` fit this trainer."""
+        epoch, step, history = meta["epoch"], meta["step"], meta["history"]
+        if type(epoch) is not int or not 0 <= epoch <= self.epochs:
+            raise _refused(source, "epoch", f"is {epoch!r}, not an int in [0, {self.epochs}]")
+        if type(step) is not int or step != epoch * self.steps_per_epoch:
+            raise _refused(source, "step", f"is {step!r}, not epoch * steps per epoch = "
+                       f"{epoch} * {self.steps_per_epoch}")
+        if not isinstance(history, dict) or set(history) != set(self.history):
+            raise _refused(source, "history", f"is not a dict with the keys {list(self.history)}")
+        for key, values in history.items():
+            if not isinstance(values, list) or len(values) != epoch or not all(
+                    type(v) in (int, float) and math.isfinite(v) for v in values):
+                raise _refused(source, f"history/{key}", f"is not a list of {epoch} finite numbers")
+
+    # ---- book/fast_training.md:1350 ----
+    def _check_arrays(self, arrays, step, source):
+        """CheckpointError unless ``arrays`` are exactly those of this model's state at ``step``,
+        with their shapes and dtypes, finite, and this model's whitening filters."""
+        expected = self._expected_arrays(trained=step > 0)
+        unknown = [key for key in arrays if key not in expected]
+        if unknown:
+            raise _refused(source, unknown[0], f"is not an array of this model's state at step {step}")
+        for key, (shape, dtype) in expected.items():
+            a = arrays.get(key)
+            if a is None:
+                raise _refused(source, key, "is missing")
+            if not isinstance(a, np.ndarray) or (a.shape, a.dtype) != (shape, dtype):
+                raise _refused(source, key, f"is {getattr(a, 'dtype', type(a).__name__)} of shape "
+                           f"{np.shape(a)}, expected {dtype} of shape {shape}")
+            if a.dtype.kind == "f" and not np.isfinite(a).all():
+                raise _refused(source, key, "holds nan or infinite values")
         if "fixed/whitening" in arrays and not np.array_equal(arrays["fixed/whitening"],
-                                                              getattr(self.model, "whitening", None)):
-            raise CheckpointError(f"{source} was written for a model with other whitening filters")
+                                                              self.model.whitening):
+            raise _refused(source, "fixed/whitening", "differs from this model's whitening filters")
+
+    # ---- book/fast_training.md:1372 ----
+    def _check_rng(self, rng_state, source):
+        """CheckpointError unless ``rng_state`` is a state a generator like ``self.rng`` takes as is."""
+        probe = type(self.rng.bit_generator)()
+        try:
+            probe.state = rng_state
+        except (TypeError, ValueError, KeyError, OverflowError) as exc:
+            raise _refused(source, "rng", f"is not a {type(probe).__name__} state ({exc})") from exc
+        if probe.state != rng_state:
+            raise _refused(source, "rng", f"is not a {type(probe).__name__} state: it would be read "
+                       f"as {probe.state}")
+
+    # ---- book/fast_training.md:1392 ----
+    def restore(self, arrays, meta, source="checkpoint"):
+        """Continue from a state made by ``state()`` of a run with the same data, settings and model.
+        Everything is checked first: CheckpointError (naming ``source`` and the entry) and no change
+        at all if anything does not fit."""
+        self._check_run(meta, source)
+        self._check_progress(meta, source)
+        self._check_arrays(arrays, meta["step"], source)
+        self._check_rng(meta["rng"], source)
+        trained = meta["step"] > 0
         for k, v in self.model.params.items():
             v[...] = arrays[f"param/{k}"]
-        for key, value in arrays.items():
-            kind, _, rest = key.partition("/")
-            if kind == "velocity":
-                self.configs[rest]["velocity"] = value.copy()
-            elif kind == "bn":
-                name, _, stat = rest.partition("/")
-                self.model.bn_params[name][stat] = value.copy()
-        self.epoch, self.step, self.history = meta["epoch"], meta["step"], meta["history"]
+        for name, config in self.configs.items():
+            config.pop("velocity", None)
+            if trained:
+                config["velocity"] = arrays[f"velocity/{name}"].copy()
+        for name, bn in self.model.bn_params.items():
+            for stat in ("running_mean", "running_var"):
+                bn.pop(stat, None)
+                if trained:
+                    bn[stat] = arrays[f"bn/{name}/{stat}"].copy()
+        self.epoch, self.step = meta["epoch"], meta["step"]
+        self.history = {key: list(meta["history"][key]) for key in self.history}
         self.rng.bit_generator.state = meta["rng"]
 
-    # ---- book/fast_training.md:1295 ----
+    # ---- book/fast_training.md:1423 ----
     def train(self):
         """Run (or resume) the training; returns the history dict."""
         if self.checkpoint is not None and Path(self.checkpoint).exists():
@@ -331,12 +413,12 @@ class Trainer:
                 self.on_epoch_end(self)
         return self.history
 
-    # ---- book/fast_training.md:1322 ----
+    # ---- book/fast_training.md:1450 ----
     def _print(self, message):
         if self.verbose:
             print(message, flush=True)
 
-    # ---- book/fast_training.md:1337 ----
+    # ---- book/fast_training.md:1465 ----
     def predict(self, X, tta=True, batch_size=1000):
         """Class scores (N, num_classes) of uint8 images X (N, H, W, C), optionally with flip TTA."""
         out = []
@@ -348,13 +430,13 @@ class Trainer:
             out.append(scores)
         return np.concatenate(out)
 
-    # ---- book/fast_training.md:1350 ----
+    # ---- book/fast_training.md:1478 ----
     def accuracy(self, X, y, tta=True):
         """Fraction of the images X whose highest score is their label y."""
         return float((self.predict(X, tta).argmax(axis=1) == y).mean())
 
 
-# ---- book/fast_training.md:1176 ----
+# ---- book/fast_training.md:1188 ----
 import time
 
 
@@ -362,7 +444,13 @@ class TrainingDiverged(RuntimeError):
     """The loss or a gradient of a training step is nan or infinite (the training diverged)."""
 
 
-# ---- book/fast_training.md:1333 ----
+# ---- book/fast_training.md:1309 ----
+def _refused(source, entry, problem):
+    """The CheckpointError for the entry ``entry`` of the checkpoint ``source``."""
+    return CheckpointError(f"{source}: {entry!r} {problem}")
+
+
+# ---- book/fast_training.md:1461 ----
 import os
 
 
@@ -377,7 +465,7 @@ def _progress_bar(total, desc):
     return tqdm(total=total, desc=desc, unit="batch", leave=False)
 
 
-# ---- book/fast_training.md:1379 ----
+# ---- book/fast_training.md:1507 ----
 import ctypes
 import sys
 

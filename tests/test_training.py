@@ -70,7 +70,7 @@ import numpy as np
 from cnnbook.classifiers import FastConvNet, whitening_filters
 from cnnbook.training import Trainer, channel_stats, normalize
 
-checkpoint, out, kill_after = sys.argv[1], sys.argv[2], int(sys.argv[3])
+checkpoint, out, kill_at, where = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 rng = np.random.default_rng(0)
 X = rng.integers(0, 256, (96, 16, 16, 3), dtype=np.uint8)
 y = rng.integers(0, 10, 96)
@@ -79,13 +79,53 @@ model = FastConvNet(whitening_filters(normalize(X[:64], *channel_stats(X[:64])))
                     widths=(4, 4, 4))
 
 
-def on_epoch_end(trainer):
-    if trainer.epoch == kill_after:  # the checkpoint of this epoch has just been written
-        os.kill(os.getpid(), signal.SIGKILL)
+def die():
+    sys.stdout.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
-history = Trainer(model, data, epochs=3, batch_size=16, checkpoint=checkpoint,
-                  on_epoch_end=on_epoch_end).train()
+class DieWhileWriting:
+    # A file that kills the process once 1000 bytes have been written to it, in mid-write.
+    def __init__(self, f):
+        self.f, self.written = f, 0
+
+    def write(self, data):
+        data = bytes(data)
+        self.written += len(data)
+        if self.written > 1000:
+            self.f.write(data[:len(data) // 2])
+            self.f.flush()
+            die()
+        return self.f.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+
+def on_epoch_end(trainer):  # the checkpoint of this epoch, test accuracy included, is written
+    if where == "epoch-end" and trainer.epoch == kill_at:
+        die()
+
+
+real_savez, real_evaluate = np.savez, Trainer.evaluate
+
+
+def savez(f, *args, **kwargs):  # the first write of epoch kill_at (before its evaluation)
+    if where == "save" and trainer.epoch == kill_at:
+        f = DieWhileWriting(f)
+    return real_savez(f, *args, **kwargs)
+
+
+def evaluate(self):
+    if where == "evaluate" and self.epoch == kill_at:
+        die()
+    return real_evaluate(self)
+
+
+np.savez, Trainer.evaluate = savez, evaluate
+trainer = Trainer(model, data, epochs=3, batch_size=16, checkpoint=checkpoint,
+                  on_epoch_end=on_epoch_end)
+history = trainer.train()
 arrays = {f"param/{k}": v for k, v in model.params.items()}
 arrays.update({f"bn/{name}/{k}": v for name, bn in model.bn_params.items()
                for k, v in bn.items() if k.startswith("running_")})
@@ -96,53 +136,85 @@ print("finished", flush=True)
 """
 
 
-def _run_script(script, checkpoint, out, kill_after=0):
+def _run_script(folder, checkpoint, out, kill_at=0, where="nowhere"):
+    script = folder / "train.py"
+    script.write_text(TRAIN_SCRIPT)
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), OPENBLAS_NUM_THREADS="1",
                OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TQDM_DISABLE="1")
     return subprocess.run([sys.executable, str(script), str(checkpoint), str(out),
-                           str(kill_after)], env=env, capture_output=True, text=True, timeout=300)
+                           str(kill_at), where], env=env, capture_output=True, text=True,
+                          timeout=300)
 
 
 def _describe(proc):
     return f"returncode {proc.returncode}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
 
 
-def test_killed_training_resumes_to_the_same_result_as_an_uninterrupted_one(tmp_path):
-    script = tmp_path / "train.py"
-    script.write_text(TRAIN_SCRIPT)
-    checkpoint, resumed_out = tmp_path / "run.ckpt.npz", tmp_path / "resumed.npz"
+def _results(out):
+    """The parameters, batch-norm averages and history a finished script run wrote to ``out``."""
+    with np.load(out) as z:
+        arrays = {k: z[k] for k in z.files}
+    return arrays, json.loads(Path(str(out) + ".json").read_text())
 
-    killed = _run_script(script, checkpoint, resumed_out, kill_after=1)
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The results of the script's run when nothing interrupts it."""
+    folder = tmp_path_factory.mktemp("uninterrupted")
+    proc = _run_script(folder, folder / "run.ckpt.npz", folder / "out.npz")
+    assert proc.returncode == 0, _describe(proc)
+    assert "resumed from" not in proc.stdout
+    assert not list(folder.glob("*.tmp"))
+    return _results(folder / "out.npz")
+
+
+KILLS = {  # where: (epoch at which the process is killed, epoch in the checkpoint it leaves)
+    "epoch-end": (1, 1),  # after the epoch and its two checkpoint writes
+    "save": (2, 1),       # in the middle of writing the checkpoint of epoch 2
+    "evaluate": (2, 2),   # evaluating epoch 2, after its checkpoint was written
+}
+
+
+@pytest.mark.parametrize("where", sorted(KILLS))
+def test_killed_training_resumes_to_the_same_result_as_an_uninterrupted_one(tmp_path, where,
+                                                                             uninterrupted):
+    kill_at, kept = KILLS[where]
+    checkpoint, out = tmp_path / "run.ckpt.npz", tmp_path / "resumed.npz"
+    killed = _run_script(tmp_path, checkpoint, out, kill_at, where)
     assert killed.returncode == -signal.SIGKILL, _describe(killed)
     assert "epoch  1/3" in killed.stdout and "epoch  2/3" not in killed.stdout, _describe(killed)
-    assert checkpoint.exists()
-    assert not resumed_out.exists()
-    arrays, meta = load_checkpoint(checkpoint)
-    assert meta["epoch"] == 1 and meta["format"] == CHECKPOINT_FORMAT
-    assert len(meta["history"]["loss"]) == 1
+    assert not out.exists()
+    _, meta = load_checkpoint(checkpoint)
+    assert meta["format"] == CHECKPOINT_FORMAT and meta["epoch"] == kept
+    lengths = {key: len(values) for key, values in meta["history"].items()}
+    pending = 1 if where == "evaluate" else 0  # the test accuracy of epoch 2 was never measured
+    assert lengths == {"loss": kept, "train_acc": kept, "test_acc": kept - pending, "lr": kept,
+                       "seconds": kept}
+    stale = sorted(tmp_path.glob("*.tmp"))
+    if where == "save":  # the half-written temporary file is left behind, and is no checkpoint
+        assert len(stale) == 1 and stale[0].name.startswith("run.ckpt.npz.")
+        assert stale[0].stat().st_size > 0
+        with pytest.raises(CheckpointError, match="not a readable"):
+            load_checkpoint(stale[0])
+    else:
+        assert not stale
 
-    resumed = _run_script(script, checkpoint, resumed_out)
+    resumed = _run_script(tmp_path, checkpoint, out)
     assert resumed.returncode == 0, _describe(resumed)
-    assert f"resumed from {checkpoint} after epoch 1" in resumed.stdout, _describe(resumed)
-    assert "epoch  1/3" not in resumed.stdout and "epoch  3/3" in resumed.stdout
+    assert f"resumed from {checkpoint} after epoch {kept}" in resumed.stdout, _describe(resumed)
+    assert f"epoch  {kept}/3  loss" not in resumed.stdout and "epoch  3/3  loss" in resumed.stdout
+    assert (f"epoch  {kept}/3  test acc" in resumed.stdout) == (where == "evaluate")
     assert resumed.stdout.rstrip().endswith("finished")
-    assert not list(tmp_path.glob("*.tmp"))
+    assert sorted(tmp_path.glob("*.tmp")) == stale  # the resumed run's writes left none
+    _, final = load_checkpoint(checkpoint)
+    assert final["epoch"] == 3 and all(len(v) == 3 for v in final["history"].values())
 
-    fresh_checkpoint, fresh_out = tmp_path / "fresh.ckpt.npz", tmp_path / "fresh.npz"
-    fresh = _run_script(script, fresh_checkpoint, fresh_out)
-    assert fresh.returncode == 0, _describe(fresh)
-    assert "resumed from" not in fresh.stdout
-
-    with np.load(resumed_out) as a, np.load(fresh_out) as b:
-        assert sorted(a.files) == sorted(b.files)
-        assert any(k.startswith("bn/") for k in a.files)
-        for k in a.files:
-            assert a[k].dtype == b[k].dtype
-            assert np.array_equal(a[k], b[k]), f"{k} differs after resuming"
-    h_resumed = json.loads((tmp_path / "resumed.npz.json").read_text())
-    h_fresh = json.loads((tmp_path / "fresh.npz.json").read_text())
+    (a, h_resumed), (b, h_fresh) = _results(out), uninterrupted
+    assert sorted(a) == sorted(b) and any(k.startswith("bn/") for k in a)
+    for k in a:
+        assert a[k].dtype == b[k].dtype
+        assert np.array_equal(a[k], b[k]), f"{k} differs after resuming"
     for key in ("loss", "train_acc", "test_acc", "lr"):
-        assert len(h_resumed[key]) == 3
         assert h_resumed[key] == h_fresh[key], key
     assert len(h_resumed["seconds"]) == 3
 

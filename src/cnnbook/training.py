@@ -296,7 +296,7 @@ class Trainer:
             like["fixed/whitening"] = self.model.whitening
         return {k: (v.shape, v.dtype) for k, v in like.items()}
 
-    # ---- book/fast_training.md:1315 ----
+    # ---- book/fast_training.md:1316 ----
     def _check_run(self, meta, source):
         """CheckpointError unless the header ``meta`` has this run's entries, data and settings."""
         own = self.state()[1]
@@ -313,7 +313,7 @@ class Trainer:
             raise _refused(source, "settings", f"are those of another run: {meta['settings']}, "
                        f"not this run's {self.settings}")
 
-    # ---- book/fast_training.md:1333 ----
+    # ---- book/fast_training.md:1334 ----
     def _check_progress(self, meta, source):
         """CheckpointError unless epoch, step and history of ``meta`` fit this trainer."""
         epoch, step, history = meta["epoch"], meta["step"], meta["history"]
@@ -325,11 +325,13 @@ class Trainer:
         if not isinstance(history, dict) or set(history) != set(self.history):
             raise _refused(source, "history", f"is not a dict with the keys {list(self.history)}")
         for key, values in history.items():
-            if not isinstance(values, list) or len(values) != epoch or not all(
+            lengths = (epoch, epoch - 1) if key == "test_acc" and epoch > 0 else (epoch,)
+            if not isinstance(values, list) or len(values) not in lengths or not all(
                     type(v) in (int, float) and math.isfinite(v) for v in values):
-                raise _refused(source, f"history/{key}", f"is not a list of {epoch} finite numbers")
+                count = " or ".join(map(str, lengths))
+                raise _refused(source, f"history/{key}", f"is not a list of {count} finite numbers")
 
-    # ---- book/fast_training.md:1350 ----
+    # ---- book/fast_training.md:1353 ----
     def _check_arrays(self, arrays, step, source):
         """CheckpointError unless ``arrays`` are exactly those of this model's state at ``step``,
         with their shapes and dtypes, finite, and this model's whitening filters."""
@@ -350,7 +352,7 @@ class Trainer:
                                                               self.model.whitening):
             raise _refused(source, "fixed/whitening", "differs from this model's whitening filters")
 
-    # ---- book/fast_training.md:1372 ----
+    # ---- book/fast_training.md:1375 ----
     def _check_rng(self, rng_state, source):
         """CheckpointError unless ``rng_state`` is a state a generator like ``self.rng`` takes as is."""
         probe = type(self.rng.bit_generator)()
@@ -362,7 +364,7 @@ class Trainer:
             raise _refused(source, "rng", f"is not a {type(probe).__name__} state: it would be read "
                        f"as {probe.state}")
 
-    # ---- book/fast_training.md:1392 ----
+    # ---- book/fast_training.md:1395 ----
     def restore(self, arrays, meta, source="checkpoint"):
         """Continue from a state made by ``state()`` of a run with the same data, settings and model.
         Everything is checked first: CheckpointError (naming ``source`` and the entry) and no change
@@ -387,24 +389,27 @@ class Trainer:
         self.history = {key: list(meta["history"][key]) for key in self.history}
         self.rng.bit_generator.state = meta["rng"]
 
-    # ---- book/fast_training.md:1423 ----
+    # ---- book/fast_training.md:1435 ----
     def train(self):
         """Run (or resume) the training; returns the history dict."""
         if self.checkpoint is not None and Path(self.checkpoint).exists():
             self.restore(*load_checkpoint(self.checkpoint), source=str(self.checkpoint))
             self._print(f"resumed from {self.checkpoint} after epoch {self.epoch}")
+        if len(self.history["test_acc"]) < self.epoch:  # the run stopped during the evaluation
+            test_acc = self._record_test_acc()
+            self._print(f"epoch {self.epoch:2d}/{self.epochs}  test acc {test_acc:.4f} (evaluated now)")
         while self.epoch < self.epochs:
             start = time.perf_counter()
             lr = one_cycle_lr(self.step, self.total_steps, self.settings["learning_rate"],
                               self.settings["warmup"])
             loss, train_acc = self.train_epoch()
             seconds = time.perf_counter() - start
-            test_acc = self.accuracy(self.data["X_test"], self.data["y_test"], tta=False)
             self.epoch += 1
-            for key, value in zip(self.history, (loss, train_acc, test_acc, lr, seconds)):
+            for key, value in zip(("loss", "train_acc", "lr", "seconds"),
+                                  (loss, train_acc, lr, seconds)):
                 self.history[key].append(value)
-            if self.checkpoint is not None:
-                save_checkpoint(self.checkpoint, *self.state())
+            self._save()  # the epoch is safe before the evaluation starts
+            test_acc = self._record_test_acc()
             self._print(f"epoch {self.epoch:2d}/{self.epochs}  loss {loss:.3f}  train acc "
                     f"{train_acc:.3f}  test acc {test_acc:.4f}  "
                     f"{self.steps_per_epoch * self.batch_size / seconds:.0f} img/s  "
@@ -413,12 +418,30 @@ class Trainer:
                 self.on_epoch_end(self)
         return self.history
 
-    # ---- book/fast_training.md:1450 ----
+    # ---- book/fast_training.md:1465 ----
+    def evaluate(self):
+        """Accuracy of the model as it is on the test images (without test-time augmentation)."""
+        return self.accuracy(self.data["X_test"], self.data["y_test"], tta=False)
+
+    # ---- book/fast_training.md:1471 ----
+    def _record_test_acc(self):
+        """Evaluate, add the test accuracy of the last epoch to the history, save; return it."""
+        test_acc = self.evaluate()
+        self.history["test_acc"].append(test_acc)
+        self._save()
+        return test_acc
+
+    # ---- book/fast_training.md:1480 ----
+    def _save(self):
+        if self.checkpoint is not None:
+            save_checkpoint(self.checkpoint, *self.state())
+
+    # ---- book/fast_training.md:1486 ----
     def _print(self, message):
         if self.verbose:
             print(message, flush=True)
 
-    # ---- book/fast_training.md:1465 ----
+    # ---- book/fast_training.md:1501 ----
     def predict(self, X, tta=True, batch_size=1000):
         """Class scores (N, num_classes) of uint8 images X (N, H, W, C), optionally with flip TTA."""
         out = []
@@ -430,7 +453,7 @@ class Trainer:
             out.append(scores)
         return np.concatenate(out)
 
-    # ---- book/fast_training.md:1478 ----
+    # ---- book/fast_training.md:1514 ----
     def accuracy(self, X, y, tta=True):
         """Fraction of the images X whose highest score is their label y."""
         return float((self.predict(X, tta).argmax(axis=1) == y).mean())
@@ -444,13 +467,13 @@ class TrainingDiverged(RuntimeError):
     """The loss or a gradient of a training step is nan or infinite (the training diverged)."""
 
 
-# ---- book/fast_training.md:1309 ----
+# ---- book/fast_training.md:1310 ----
 def _refused(source, entry, problem):
     """The CheckpointError for the entry ``entry`` of the checkpoint ``source``."""
     return CheckpointError(f"{source}: {entry!r} {problem}")
 
 
-# ---- book/fast_training.md:1461 ----
+# ---- book/fast_training.md:1497 ----
 import os
 
 
@@ -465,7 +488,7 @@ def _progress_bar(total, desc):
     return tqdm(total=total, desc=desc, unit="batch", leave=False)
 
 
-# ---- book/fast_training.md:1507 ----
+# ---- book/fast_training.md:1543 ----
 import ctypes
 import sys
 

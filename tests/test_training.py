@@ -56,7 +56,7 @@ def _model(data, widths=(4, 4, 4), **kwargs):
 
 def _trainer(data=None, widths=(4, 4, 4), **settings):
     data = _data() if data is None else data
-    settings = {"epochs": 2, "batch_size": 16, "verbose": False, **settings}
+    settings = {"epochs": 2, "batch_size": 16, "verbose": False, "threads": 1, **settings}
     return Trainer(_model(data, widths), data, **settings)
 
 
@@ -258,7 +258,7 @@ def test_numpy_settings_are_stored_as_python_numbers_and_the_checkpoint_is_writt
     assert meta["epoch"] == 1 and meta["settings"] == trainer.settings
     for name, (kind, _, _) in TRAINER_SETTINGS.items():
         assert type(trainer.settings[name]) is kind, name
-    assert (trainer.epochs, trainer.batch_size, trainer.pad) == (1, 16, 2)
+    assert (trainer.epochs, trainer.batch_size, trainer.settings["pad"]) == (1, 16, 2)
     assert trainer.settings["learning_rate"] == 0.25 and trainer.settings["seed"] == 3
     assert type(trainer.epochs) is int and type(trainer.steps_per_epoch) is int
 
@@ -270,7 +270,9 @@ BAD_SETTINGS = [("epochs", 0), ("epochs", -1), ("epochs", 2.0), ("epochs", True)
                 ("learning_rate", "0.4"), ("warmup", 1.0), ("warmup", -0.1), ("momentum", 1),
                 ("momentum", np.float32(-0.5)), ("weight_decay", -1e-4),
                 ("weight_decay", float("nan")), ("pad", -1), ("pad", 1.5), ("seed", -1),
-                ("seed", 0.5), ("seed", "0"), ("seed", None)]
+                ("seed", 0.5), ("seed", "0"), ("seed", None), ("lr_start", 1.5), ("lr_end", -0.1),
+                ("bn_scale_lr", -1.0), ("bn_bias_lr", 0), ("reflect", 1), ("reflect", "yes"),
+                ("alternate_flips", None), ("eval_images", -1), ("eval_images", 0.5)]
 
 
 @pytest.mark.parametrize("name, value", BAD_SETTINGS,
@@ -855,6 +857,72 @@ def test_one_cycle_lr():
             one_cycle_lr(step, total, peak)
 
 
+def test_one_cycle_lr_from_and_to_a_fraction_of_the_peak():
+    total, peak = 100, 0.5
+    lrs = np.array([one_cycle_lr(s, total, peak, 0.2, start=0.2, end=0.1) for s in range(total)])
+    assert lrs[0] == pytest.approx(0.1) and lrs[20] == pytest.approx(peak)
+    assert lrs[-1] == pytest.approx(0.05 + 0.45 / 80)  # one step before the end value 0.05
+    assert np.all(np.diff(lrs[:21]) > 0) and np.all(np.diff(lrs[20:]) < 0)
+
+
+def test_random_crop_flip_with_reflected_border_and_given_flips():
+    X = np.random.default_rng(0).integers(0, 256, (6, 5, 5, 3), dtype=np.uint8)
+    flips = np.array([True, False] * 3)
+    out = random_crop_flip(X, np.random.default_rng(1), pad=0, flip=flips, mode="reflect")
+    assert np.array_equal(out[flips], X[flips, :, ::-1]) and np.array_equal(out[~flips], X[~flips])
+    out = random_crop_flip(X, np.random.default_rng(1), pad=2, flip=np.zeros(6, bool),
+                           mode="reflect")
+    padded = np.pad(X, ((0, 0), (2, 2), (2, 2), (0, 0)), mode="reflect")
+    for n in range(6):  # each output is a 5x5 window of the reflected image
+        assert any(np.array_equal(out[n], padded[n, a:a + 5, b:b + 5])
+                   for a in range(5) for b in range(5))
+
+
+def test_alternating_flips_mirror_each_image_in_every_other_epoch(monkeypatch):
+    seen = []  # per epoch: image index -> mirrored
+    data = _data(n_train=64)
+    index = {image.tobytes(): i for i, image in enumerate(data["X_train"])}
+    real = training.random_crop_flip
+
+    def record(X, rng, pad=4, flip=None, mode="constant"):
+        flips = np.zeros(len(index), bool)
+        flips[[index[image.tobytes()] for image in X]] = flip
+        seen.append(flips)
+        return real(X, rng, pad, flip, mode)
+
+    monkeypatch.setattr(training, "random_crop_flip", record)
+    _trainer(data, epochs=3, batch_size=64, eval_images=0).train()  # one batch: every image
+    assert len(seen) == 3 and 0 < seen[0].sum() < 64
+    assert np.array_equal(seen[1], ~seen[0]) and np.array_equal(seen[2], seen[0])
+
+
+def test_two_threads_train_like_one():
+    data = _data(n_train=64)
+    results = []
+    for threads in (1, 2):
+        trainer = Trainer(_model(data), data, epochs=2, batch_size=16, threads=threads,
+                          verbose=False)
+        trainer.train()
+        results.append(trainer.model.params)
+    for k in results[0]:
+        assert np.allclose(results[0][k], results[1][k], rtol=1e-3, atol=1e-4), k
+
+
+def test_predict_with_test_time_augmentation():
+    trainer = _trainer(epochs=1)
+    trainer.train()
+    X = trainer.data["X_test"][:5]
+    x = normalize(X, trainer.mean, trainer.std)
+    plain = trainer.model.loss(x)
+    assert np.allclose(trainer.predict(X, tta=0), plain, atol=1e-6)
+    mirrored = trainer.model.loss(np.ascontiguousarray(x[:, :, ::-1]))
+    assert np.allclose(trainer.predict(X, tta=1), (plain + mirrored) / 2, atol=1e-6)
+    assert trainer.predict(X, tta=2).shape == plain.shape
+    assert not np.allclose(trainer.predict(X, tta=2), trainer.predict(X, tta=1))
+    with pytest.raises(ValueError, match="tta"):
+        trainer.predict(X, tta=True)
+
+
 # ---------------------------------------------------------------- sgd_nesterov
 
 
@@ -981,16 +1049,38 @@ def test_conv_backward_with_padding_wider_than_the_filter(k, pad):
     assert rel_error(dx, ref_dx) < 1e-12 and rel_error(dw, ref_dw) < 1e-12
 
 
-def test_conv_in_chunks_gives_the_same_result(monkeypatch):
+@pytest.mark.parametrize("chunk_bytes", [1, 3000, None, 1 << 30])
+def test_conv_in_chunks_gives_the_same_result(chunk_bytes):
     x, w, dout = _conv_case(3, 1, 6, 5, N=5)
-    out, cache = nhwc.conv_forward(x, w, 1)
-    dx, dw = nhwc.conv_backward(dout, cache)
-    monkeypatch.setattr(nhwc, "CONV_CHUNK", 2)
-    out2, cache2 = nhwc.conv_forward(x, w, 1)
-    dx2, dw2 = nhwc.conv_backward(dout, cache2)
+    out, cache = nhwc.conv_forward(x, w, 1, chunk_bytes=1 << 30)  # the whole batch at once
+    dx, dw = nhwc.conv_backward(dout, cache, chunk_bytes=1 << 30)
+    out2, cache2 = nhwc.conv_forward(x, w, 1, chunk_bytes=chunk_bytes)
+    dx2, dw2 = nhwc.conv_backward(dout, cache2, chunk_bytes=chunk_bytes)
     assert np.allclose(out, out2, rtol=1e-13, atol=1e-13)
     assert np.allclose(dx, dx2, rtol=1e-13, atol=1e-13)
     assert np.allclose(dw, dw2, rtol=1e-13, atol=1e-13)
+
+
+@pytest.mark.parametrize("pads", [((1, 0), (1, 0)), ((0, 1), (2, 0)), ((2, 2), (0, 1)),
+                                  ((3, 0), (0, 3))])
+def test_conv_with_other_padding_on_each_side_is_the_padded_input_convolved(pads):
+    x, w, _ = _conv_case(3, 0, 6, 5, N=2)
+    out, cache = nhwc.conv_forward(x, w, pads)
+    ref, ref_cache = nhwc.conv_forward(np.pad(x, ((0, 0), *pads, (0, 0))), w, 0)
+    assert np.array_equal(out, ref)
+    dout = np.random.default_rng(3).standard_normal(out.shape)
+    dx, dw = nhwc.conv_backward(dout, cache)
+    ref_dxp, ref_dw = nhwc.conv_backward(dout, ref_cache)
+    (t, b), (l, r) = pads
+    assert rel_error(dx, ref_dxp[:, t:t + x.shape[1], l:l + x.shape[2]]) < 1e-12
+    assert rel_error(dw, ref_dw) < 1e-12
+
+
+@pytest.mark.parametrize("pad", [-1, 1.5, "1", ((1, 0),), ((1, -1), (0, 0)), ((1, 0), (0, 0.5))])
+def test_conv_refuses_a_bad_padding_with_its_value(pad):
+    x, w, _ = _conv_case(3, 1, 5, 5)
+    with pytest.raises(ValueError, match="pad must be"):
+        nhwc.conv_forward(x, w, pad)
 
 
 def test_conv_keeps_float32():
@@ -1101,6 +1191,101 @@ def test_residual_block_gradient_and_shape_check():
     assert rel_error(dw, eval_numerical_gradient_array(lambda v: fwd(x, v), w, dout)) < 1e-6
     with pytest.raises(ValueError, match=re.escape("(3, 3, 3, 6)")):
         nhwc.residual_forward(x, _rand((3, 3, 3, 6)), np.ones(6), np.zeros(6), {"mode": "train"})
+
+
+def test_batchnorm_in_float32_keeps_the_variance_of_an_offset_channel():
+    x = (3 + _rand((64, 8, 8, 2))).astype(np.float32)   # mean 3 standard deviations
+    out, _ = nhwc.batchnorm_relu_forward(x, np.ones(2, np.float32), np.zeros(2, np.float32),
+                                         {"mode": "train"}, relu=False)
+    x64 = x.astype(np.float64)
+    ref = (x64 - x64.mean(axis=(0, 1, 2))) / np.sqrt(x64.var(axis=(0, 1, 2)) + 1e-5)
+    assert out.dtype == np.float32 and np.abs(out - ref).max() < 1e-3
+
+
+def test_conv_bn_relu_with_pooling_skips_only_what_the_pooling_drops():
+    x, w = _rand((2, 7, 5, 3)), _rand((3, 3, 3, 4), seed=1)
+    gamma, beta = np.ones(4), np.zeros(4)
+    out, cache = nhwc.conv_bn_relu_forward(x, w, gamma, beta, {"mode": "train"}, pool=True)
+    full, _ = nhwc.conv_forward(x, w, 1)
+    pooled, _ = nhwc.max_pool_forward(full)
+    ref, _ = nhwc.batchnorm_relu_forward(pooled, gamma, beta, {"mode": "train"})
+    assert out.shape == (2, 3, 2, 4) and rel_error(out, ref) < 1e-12
+    assert cache[0][0].shape == (2, 8, 6, 3)  # padded input: one row and column fewer
+
+
+# ---------------------------------------------------------------- Winograd
+
+
+@pytest.mark.parametrize("N, H, W, C, F, pad", [(3, 6, 4, 2, 4, 1), (2, 7, 5, 3, 2, 1),
+                                                (2, 7, 7, 2, 3, ((1, 0), (1, 0))),
+                                                (1, 5, 6, 2, 2, 0), (2, 3, 3, 4, 4, 1),
+                                                (2, 4, 4, 1, 1, 2)])
+def test_winograd_conv_equals_the_im2col_conv(N, H, W, C, F, pad):
+    rng = np.random.default_rng(0)
+    x, w = rng.standard_normal((N, H, W, C)), rng.standard_normal((3, 3, C, F))
+    out, cache = nhwc.winograd_conv_forward(x, w, pad, chunk_bytes=1)
+    ref, ref_cache = nhwc.conv_forward(x, w, pad)
+    assert out.shape == ref.shape and rel_error(out, ref) < 1e-12
+    dout = rng.standard_normal(out.shape)
+    dx, dw = nhwc.winograd_conv_backward(dout, cache)
+    ref_dx, ref_dw = nhwc.conv_backward(dout, ref_cache)
+    assert rel_error(dx, ref_dx) < 1e-12 and rel_error(dw, ref_dw) < 1e-12
+    assert nhwc.winograd_conv_backward(dout, cache, need_dx=False)[0] is None
+
+
+def test_winograd_conv_keeps_float32_and_refuses_other_filters():
+    x, w = _rand((2, 6, 6, 3)).astype(np.float32), _rand((3, 3, 3, 5)).astype(np.float32)
+    out, cache = nhwc.winograd_conv_forward(x, w)
+    dx, dw = nhwc.winograd_conv_backward(np.ones_like(out), cache)
+    assert out.dtype == dx.dtype == dw.dtype == np.float32
+    with pytest.raises(ValueError, match="3x3"):
+        nhwc.winograd_conv_forward(x, _rand((5, 5, 3, 2)).astype(np.float32), 2)
+
+
+# ---------------------------------------------------------------- DataParallel
+
+
+def _parallel_case(n=8, sync=True, threads=2, widths=(3, 4, 5)):
+    rng = np.random.default_rng(4)
+    X = rng.standard_normal((n, 16, 16, 3))
+    y = rng.integers(0, 3, n)
+    make = lambda: FastConvNet(whitening_filters(X), widths=widths, num_classes=3,  # noqa
+                               dtype=np.float64)
+    return X, y, make
+
+
+@pytest.mark.parametrize("n, threads", [(8, 2), (9, 3), (6, 4), (5, 2), (4, 1)])
+def test_data_parallel_with_shared_statistics_is_the_one_piece_step(n, threads):
+    X, y, make = _parallel_case(n)
+    one = make()
+    loss, grads = one.loss(X, y)
+    model = make()
+    parallel = training.DataParallel(model, threads=threads)
+    loss_p, grads_p = parallel.loss(X, y)
+    assert abs(loss - loss_p) < 1e-12
+    for k in grads:
+        assert rel_error(grads[k], grads_p[k]) < 1e-10, k
+    for name, bn in one.bn_params.items():
+        for key in ("running_mean", "running_var"):
+            assert rel_error(bn[key], model.bn_params[name][key]) < 1e-12
+    assert np.array_equal(model.train_scores.argmax(1), one.train_scores.argmax(1))
+    assert np.allclose(parallel.loss(X), one.loss(X), rtol=1e-12, atol=1e-12)  # test mode
+
+
+def test_data_parallel_with_ghost_statistics_normalizes_each_part():
+    X, y, make = _parallel_case(8)
+    model = make()
+    _, grads = training.DataParallel(model, threads=2, sync_bn=False).loss(X, y)
+    halves = [make().loss(X[i:i + 4], y[i:i + 4])[1] for i in (0, 4)]
+    for k in grads:
+        assert rel_error(grads[k], (halves[0][k] + halves[1][k]) / 2) < 1e-10, k
+
+
+def test_data_parallel_refuses_a_bad_thread_count():
+    X, y, make = _parallel_case(4)
+    for threads in (-1, 0, 1.5):
+        with pytest.raises(ValueError, match="threads"):
+            training.DataParallel(make(), threads=threads)
 
 
 # ---------------------------------------------------------------- FastConvNet

@@ -3,7 +3,7 @@
 # Chapters: book/fast_training.md
 
 
-# ---- book/fast_training.md:99 ----
+# ---- book/fast_training.md:153 ----
 import numpy as np
 
 
@@ -17,8 +17,23 @@ def _check_nhwc(name, x, what="x"):
     return x
 
 
+def _check_pads(name, pad):
+    """``pad`` as ((top, bottom), (left, right)) of non-negative ints; pad may be one int."""
+    pairs = ((pad, pad), (pad, pad)) if np.ndim(pad) == 0 else pad
+    try:
+        pads = tuple((int(a), int(b)) for a, b in pairs)
+        ok = len(pads) == 2 and all(v >= 0 and v == int(v) for v in np.ravel(pairs))
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"{name}: pad must be a non-negative int or ((top, bottom), "
+                         f"(left, right)) of such ints, got {pad!r}")
+    return pads
+
+
 def _check_conv(name, x, w, pad):
-    """Filters w (k, k, C, F) for images x (N, H, W, C), with an output of at least 1x1."""
+    """Filters w (k, k, C, F) for images x (N, H, W, C), with an output of at least 1x1.
+    Returns the output size (H_out, W_out) and the pads ((top, bottom), (left, right))."""
     _check_nhwc(name, x)
     if not isinstance(w, np.ndarray) or w.ndim != 4 or w.shape[0] != w.shape[1]:
         raise ValueError(f"{name}: w must have shape (k, k, C, F), got {getattr(w, 'shape', w)}")
@@ -27,13 +42,12 @@ def _check_conv(name, x, w, pad):
                          f"shape {w.shape} expects {w.shape[2]}")
     if w.dtype != x.dtype:
         raise ValueError(f"{name}: x is {x.dtype} but w is {w.dtype}; use one dtype")
-    if int(pad) != pad or pad < 0:
-        raise ValueError(f"{name}: pad must be a non-negative integer, got {pad!r}")
-    H_out, W_out = x.shape[1] + 2 * pad - w.shape[0] + 1, x.shape[2] + 2 * pad - w.shape[0] + 1
+    pads, k = _check_pads(name, pad), w.shape[0]
+    H_out, W_out = (x.shape[1 + i] + sum(pads[i]) - k + 1 for i in (0, 1))
     if H_out < 1 or W_out < 1:
-        raise ValueError(f"{name}: a {w.shape[0]}x{w.shape[0]} filter with pad {pad} does not fit "
-                         f"into images of {x.shape[1]}x{x.shape[2]} pixels")
-    return H_out, W_out
+        raise ValueError(f"{name}: a {k}x{k} filter with pad {pad} does not fit into images of "
+                         f"{x.shape[1]}x{x.shape[2]} pixels")
+    return (H_out, W_out), pads
 
 
 def _check_dout(name, dout, shape, dtype):
@@ -43,21 +57,23 @@ def _check_dout(name, dout, shape, dtype):
     return dout.astype(dtype, copy=False)
 
 
-# ---- book/fast_training.md:147 ----
+# ---- book/fast_training.md:220 ----
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-CONV_CHUNK = 64  # images per im2col buffer in conv_forward and conv_backward
+CONV_CHUNK_BYTES = 1 << 20  # the im2col buffer of conv_forward and conv_backward: about 1 MiB
 
 
-def pad_nhwc(x, pad):
-    """Zero-pad the two spatial axes of x (N, H, W, C) by ``pad`` pixels on every side."""
-    if pad == 0:
+def pad_nhwc(x, pads):
+    """Zero-pad the two spatial axes of x (N, H, W, C) by pads = ((top, bottom), (left, right))."""
+    (top, bottom), (left, right) = pads
+    if top == bottom == left == right == 0:
         return np.ascontiguousarray(x)
     N, H, W, C = x.shape
-    xp = np.empty((N, H + 2 * pad, W + 2 * pad, C), x.dtype)
-    xp[:, :pad], xp[:, H + pad:], xp[:, :, :pad], xp[:, :, W + pad:] = 0, 0, 0, 0  # the border
-    xp[:, pad:pad + H, pad:pad + W] = x  # the inside, written once (np.zeros would write it twice)
+    xp = np.empty((N, H + top + bottom, W + left + right, C), x.dtype)
+    xp[:, :top], xp[:, H + top:] = 0, 0                         # the border rows
+    xp[:, top:H + top, :left], xp[:, top:H + top, W + left:] = 0, 0  # and columns
+    xp[:, top:H + top, left:W + left] = x  # the inside, written once (np.zeros: twice)
     return xp
 
 
@@ -71,54 +87,64 @@ def receptive_fields(xp, k):
                       writeable=False)
 
 
-# ---- book/fast_training.md:177 ----
-def conv_forward(x, w, pad=1):
+def im2col_chunks(fields, chunk_bytes=None):
+    """Yield (n, cols): the im2col rows (images n, n+1, ... of ``fields``) as a 2-D array
+    (rows, k*k*C), copied into one reused buffer of about ``chunk_bytes`` (CONV_CHUNK_BYTES)."""
+    N, per_image = len(fields), fields[0].size * fields.itemsize
+    step = min(N, max(2, (chunk_bytes or CONV_CHUNK_BYTES) // per_image))
+    buffer = np.empty((step,) + fields.shape[1:], fields.dtype)
+    for n in range(0, N, step):
+        cols = buffer[:min(step, N - n)]
+        cols[...] = fields[n:n + step]                            # im2col: one copy
+        yield n, cols.reshape(len(cols) * fields.shape[1] * fields.shape[2], -1)
+
+
+# ---- book/fast_training.md:264 ----
+def conv_forward(x, w, pad=1, chunk_bytes=None):
     """Convolution with stride 1, channels last, as im2col + one matrix product per chunk.
 
-    x : (N, H, W, C); w : (k, k, C, F); pad : zero padding on each side.
-    Returns out (N, H + 2*pad - k + 1, W + 2*pad - k + 1, F) and the cache (padded x, w, pad).
-    There is no bias: in this chapter every convolution is followed by batch normalization,
-    whose shift would cancel it.
+    x : (N, H, W, C); w : (k, k, C, F); pad : zero padding, an int for every side or
+    ((top, bottom), (left, right)); chunk_bytes : size of the im2col buffer (CONV_CHUNK_BYTES).
+    Returns out (N, H + top + bottom - k + 1, W + left + right - k + 1, F) and the cache
+    (padded x, w, pads). There is no bias: in this chapter every convolution is followed by
+    batch normalization, whose shift would cancel it.
     """
-    H_out, W_out = _check_conv("conv_forward", x, w, pad)
+    (H_out, W_out), pads = _check_conv("conv_forward", x, w, pad)
     k, _, C, F = w.shape
-    xp = pad_nhwc(x, pad)
-    fields, N = receptive_fields(xp, k), x.shape[0]
-    out = np.empty((N, H_out, W_out, F), x.dtype)
+    xp = pad_nhwc(x, pads)
+    out = np.empty((x.shape[0], H_out, W_out, F), x.dtype)
+    rows = out.reshape(-1, F)
     w_col = w.reshape(k * k * C, F)
-    cols = np.empty((min(N, CONV_CHUNK), H_out, W_out, k, k * C), x.dtype)
-    for n in range(0, N, CONV_CHUNK):
-        chunk = cols[:min(CONV_CHUNK, N - n)]
-        chunk[...] = fields[n:n + CONV_CHUNK]                     # im2col: one copy
-        np.matmul(chunk.reshape(-1, k * k * C), w_col,            # (rows, k*k*C) @ (k*k*C, F)
-                  out=out[n:n + CONV_CHUNK].reshape(-1, F))
-    return out, (xp, w, pad)
+    for n, cols in im2col_chunks(receptive_fields(xp, k), chunk_bytes):
+        start = n * H_out * W_out
+        np.matmul(cols, w_col, out=rows[start:start + len(cols)])  # (rows, k*k*C) @ (k*k*C, F)
+    return out, (xp, w, pads)
 
 
-# ---- book/fast_training.md:218 ----
-def conv_backward(dout, cache, need_dx=True):
+# ---- book/fast_training.md:304 ----
+def conv_backward(dout, cache, need_dx=True, chunk_bytes=None):
     """Backward pass of ``conv_forward``: dout (N, H_out, W_out, F) -> dx (N, H, W, C) or None
     (if not need_dx, e.g. for a first layer), dw (k, k, C, F)."""
-    xp, w, pad = cache
+    xp, w, pads = cache
     k, _, C, F = w.shape
-    fields, N = receptive_fields(xp, k), xp.shape[0]
+    fields = receptive_fields(xp, k)
     dout = _check_dout("conv_backward", dout, fields.shape[:3] + (F,), w.dtype)
-    dw = np.zeros((k * k * C, F), w.dtype)
-    cols = np.empty((min(N, CONV_CHUNK),) + fields.shape[1:], w.dtype)
-    for n in range(0, N, CONV_CHUNK):
-        chunk = cols[:min(CONV_CHUNK, N - n)]
-        chunk[...] = fields[n:n + CONV_CHUNK]
-        dw += chunk.reshape(-1, k * k * C).T @ dout[n:n + CONV_CHUNK].reshape(-1, F)
+    d_rows, per_image = dout.reshape(-1, F), fields.shape[1] * fields.shape[2]
+    dw, part = np.zeros((k * k * C, F), w.dtype), np.empty((k * k * C, F), w.dtype)
+    for n, cols in im2col_chunks(fields, chunk_bytes):
+        start = n * per_image
+        dw += np.matmul(cols.T, d_rows[start:start + len(cols)], out=part)
     dx = None
     if need_dx:  # transposed convolution: flipped filters, channels swapped, padding k - 1 - pad
         w_t = np.ascontiguousarray(w[::-1, ::-1].transpose(0, 1, 3, 2))
-        c = max(0, pad - (k - 1))  # a "negative padding" crops dout instead
-        dout = dout[:, c:dout.shape[1] - c, c:dout.shape[2] - c]
-        dx, _ = conv_forward(np.ascontiguousarray(dout), w_t, max(0, k - 1 - pad))
+        (t, b), (l, r) = [(k - 1 - p, k - 1 - q) for p, q in pads]
+        crop = dout[:, max(0, -t):dout.shape[1] - max(0, -b), max(0, -l):dout.shape[2] - max(0, -r)]
+        dx, _ = conv_forward(np.ascontiguousarray(crop), w_t,
+                             ((max(0, t), max(0, b)), (max(0, l), max(0, r))), chunk_bytes)
     return dx, dw.reshape(w.shape)
 
 
-# ---- book/fast_training.md:282 ----
+# ---- book/fast_training.md:399 ----
 def _pool_windows(x):
     """The four entries of every 2x2 window of x (N, H, W, C), as strided views."""
     H, W = 2 * (x.shape[1] // 2), 2 * (x.shape[2] // 2)
@@ -142,16 +168,20 @@ def max_pool_backward(dout, cache):
     """Backward pass of ``max_pool_forward``: dout (N, H // 2, W // 2, C) -> dx (N, H, W, C)."""
     x, out = cache
     dout = _check_dout("max_pool_backward", dout, out.shape, x.dtype)
-    dx = np.zeros_like(x)
-    routed = np.zeros(out.shape, bool)  # windows whose maximum has received the gradient
-    for entry, dx_entry in zip(_pool_windows(x), _pool_windows(dx)):
-        winner = (entry == out) & ~routed
-        routed |= winner
-        np.multiply(dout, winner, out=dx_entry)
+    dx = np.empty_like(x)
+    dx[:, 2 * out.shape[1]:], dx[:, :, 2 * out.shape[2]:] = 0, 0  # an odd last row, column
+    taken = np.zeros(out.shape, bool)  # windows whose gradient an earlier entry has taken
+    wins = np.empty(out.shape, bool)
+    for i, (entry, dx_entry) in enumerate(zip(_pool_windows(x), _pool_windows(dx))):
+        np.equal(entry, out, out=wins)
+        np.greater(wins, taken, out=wins)      # wins and not taken
+        if i < 3:
+            taken |= wins
+        np.multiply(dout, wins, out=dx_entry)
     return dx
 
 
-# ---- book/fast_training.md:329 ----
+# ---- book/fast_training.md:466 ----
 def _check_bn(name, x, gamma, beta, bn_param):
     _check_nhwc(name, x)
     C = x.shape[3]
@@ -167,61 +197,73 @@ def _check_bn(name, x, gamma, beta, bn_param):
     return mode, bn_param.get("eps", 1e-5), bn_param.get("momentum", 0.9)
 
 
-# ---- book/fast_training.md:347 ----
+def _add_over_batch(bn_param, *sums):
+    """The per-channel sums, added over all parts of the batch by bn_param['allreduce'] (if
+    any; section "Both cores"); each sum is a 1-D array."""
+    allreduce = bn_param.get("allreduce")
+    if allreduce is None:
+        return sums
+    total = allreduce(np.concatenate(sums))
+    return np.split(total, np.cumsum([len(s) for s in sums])[:-1])
+
+
+# ---- book/fast_training.md:494 ----
 def batchnorm_relu_forward(x, gamma, beta, bn_param, relu=True):
     """Spatial batch normalization followed by a ReLU (if relu), channels last.
 
     x : (N, H, W, C); gamma, beta : (C,); bn_param : dict with 'mode' ('train' or 'test'), 'eps',
-    'momentum', and the running averages 'running_mean', 'running_var' (C,) it updates.
-    Returns out (N, H, W, C) and the cache.
+    'momentum', the running averages 'running_mean', 'running_var' (C,) it updates, and
+    optionally 'allreduce' (section "Both cores"). Returns out (N, H, W, C) and the cache.
     """
     mode, eps, momentum = _check_bn("batchnorm_relu_forward", x, gamma, beta, bn_param)
-    C = x.shape[3]
-    x2 = x.reshape(-1, C)
+    x2 = x.reshape(-1, x.shape[3])
     if mode == "train":
-        mean = x2.mean(axis=0)
-        xhat = x2 - mean
-        var = np.einsum("ij,ij->j", xhat, xhat) / len(x2)  # sum of squares without a temporary
+        count, s1, s2 = _add_over_batch(bn_param, np.array([len(x2)], x.dtype),
+                                        np.einsum("ij->j", x2), np.einsum("ij,ij->j", x2, x2))
+        M = count[0]
+        mean = s1 / M
+        var = np.maximum(s2 / M - mean * mean, 0)
         for key, value, start in (("running_mean", mean, 0), ("running_var", var, 1)):
-            old = bn_param.get(key, np.full(C, start, x.dtype))
+            old = bn_param.get(key, np.full(len(mean), start, x.dtype))
             bn_param[key] = (momentum * old + (1 - momentum) * value).astype(x.dtype)
     else:
-        mean, var = bn_param["running_mean"], bn_param["running_var"]
-        xhat = x2 - mean
+        M, mean, var = None, bn_param["running_mean"], bn_param["running_var"]
     inv_std = (1 / np.sqrt(var + eps)).astype(x.dtype)
-    xhat *= inv_std
-    out = xhat * gamma
-    out += beta
+    a = gamma * inv_std
+    out = np.multiply(x2, a)
+    out += beta - mean * a
     if relu:
         np.maximum(out, 0, out=out)
-    return out.reshape(x.shape), (x.shape, xhat, gamma, inv_std, out if relu else None, mode)
+    return out.reshape(x.shape), (x, out if relu else None, gamma, mean, inv_std, M, bn_param)
 
 
-# ---- book/fast_training.md:383 ----
+# ---- book/fast_training.md:531 ----
 def batchnorm_relu_backward(dout, cache):
     """Backward pass of ``batchnorm_relu_forward``: returns dx (N, H, W, C), dgamma, dbeta (C,)."""
-    shape, xhat, gamma, inv_std, out, mode = cache
-    d = _check_dout("batchnorm_relu_backward", dout, shape, xhat.dtype).reshape(xhat.shape)
-    if out is not None:
-        d = d * (out > 0)                      # the ReLU: only where the output was positive
-    dbeta = d.sum(axis=0)
-    dgamma = np.einsum("ij,ij->j", d, xhat)
-    if mode == "test":                         # fixed statistics: an affine map of x
-        return (d * (gamma * inv_std)).reshape(shape), dgamma, dbeta
-    M = len(xhat)
-    # dx = gamma / std * (d - mean(d) - xhat * mean(d * xhat)), the means over the M rows
-    dx = xhat * (dgamma / M)
-    np.subtract(d, dx, out=dx)
-    dx -= dbeta / M
-    dx *= gamma * inv_std
-    return dx.reshape(shape), dgamma, dbeta
+    x, out, gamma, mean, inv_std, M, bn_param = cache
+    d = _check_dout("batchnorm_relu_backward", dout, x.shape, x.dtype).reshape(-1, x.shape[3])
+    x2 = x.reshape(d.shape)
+    d = np.multiply(d, out > 0) if out is not None else d.copy()  # the ReLU's mask
+    dbeta = np.einsum("ij->j", d)
+    dgamma = (np.einsum("ij,ij->j", d, x2) - mean * dbeta) * inv_std  # sum of d * xhat
+    a = gamma * inv_std
+    d *= a
+    if M is not None:  # training mode: dx = a * d + b * x + c, from sums over the whole batch
+        sum_d, sum_d_xhat = _add_over_batch(bn_param, dbeta, dgamma)
+        b = -a * inv_std * sum_d_xhat / M
+        d += np.multiply(x2, b)
+        d += -a * sum_d / M - b * mean
+    return d.reshape(x.shape), dgamma, dbeta
 
 
-# ---- book/fast_training.md:420 ----
+# ---- book/fast_training.md:569 ----
 def conv_bn_relu_forward(x, w, gamma, beta, bn_param, pool=False):
     """conv (3x3, pad 1) -> [2x2 max pool] -> batchnorm -> ReLU, channels last.
-    x : (N, H, W, C); w : (3, 3, C, F); gamma, beta : (F,). Returns out and the cache."""
-    a, conv_cache = conv_forward(x, w, pad=1)
+    x : (N, H, W, C); w : (3, 3, C, F); gamma, beta : (F,). Returns out and the cache.
+    With pool, the convolution skips the odd last row and column that the pooling drops."""
+    H, W = x.shape[1:3]
+    pad = ((1, 1 - H % 2), (1, 1 - W % 2)) if pool else 1
+    a, conv_cache = conv_forward(x, w, pad)
     pool_cache = None
     if pool:
         a, pool_cache = max_pool_forward(a)
@@ -255,7 +297,7 @@ def residual_backward(dout, cache):
     return dx, dw, dgamma, dbeta
 
 
-# ---- book/fast_training.md:464 ----
+# ---- book/fast_training.md:616 ----
 def global_avg_pool_forward(x):
     """Mean over the pixels of each channel: x (N, H, W, C) -> out (N, C), cache."""
     _check_nhwc("global_avg_pool_forward", x)
@@ -269,10 +311,124 @@ def global_avg_pool_backward(dout, cache):
     return np.broadcast_to(dout[:, None, None, :] / (H * W), cache).copy()
 
 
+# ---- book/fast_training.md:1193 ----
+import numpy as np
+
+WINOGRAD_G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
+
+
+def _bt(d, out):
+    """B^T of F(2, 3) on the four taps d[0..3] (arrays): out[i] = (B^T d)[i]."""
+    np.subtract(d[0], d[2], out=out[0])
+    np.add(d[1], d[2], out=out[1])
+    np.subtract(d[2], d[1], out=out[2])
+    np.subtract(d[1], d[3], out=out[3])
+
+
+def _at(m, out):
+    """A^T of F(2, 3) on the four taps m[0..3]: out[0] = m0 + m1 + m2, out[1] = m1 - m2 - m3."""
+    np.add(m[0], m[1], out=out[0])
+    out[0] += m[2]
+    np.subtract(m[1], m[2], out=out[1])
+    out[1] -= m[3]
+
+
+def _a(y, out):
+    """A of F(2, 3), the adjoint of A^T, on the two taps y[0], y[1]: out[0..3] =
+    y0, y0 + y1, y0 - y1, -y1."""
+    np.copyto(out[0], y[0])
+    np.add(y[0], y[1], out=out[1])
+    np.subtract(y[0], y[1], out=out[2])
+    np.negative(y[1], out=out[3])
+
+
+def winograd_input_tiles(xp, V):
+    """The transformed input tiles B^T d B of padded images xp (n, 2*Th + 2, 2*Tw + 2, C) into
+    V (4, 4, n, Th, Tw, C): tile (t, u) is xp[:, 2t:2t + 4, 2u:2u + 4]."""
+    Th, Tw = V.shape[3:5]
+    rows = [xp[:, i:i + 2 * Th:2] for i in range(4)]       # row i of every tile: (n, Th, Wp, C)
+    r = np.empty((4,) + rows[0].shape, xp.dtype)
+    _bt(rows, r)                                            # B^T along the rows of the tiles
+    for a in range(4):
+        _bt([r[a][:, :, j:j + 2 * Tw:2] for j in range(4)], V[a])  # ... then along the columns
+
+
+def winograd_output_tiles(M, out):
+    """The output tiles A^T M A: M (4, 4, n, Th, Tw, F) -> out (n, 2*Th, 2*Tw, F)."""
+    s = np.empty((2,) + M.shape[1:], M.dtype)
+    _at(M, s)                                               # A^T along the rows
+    for a in range(2):
+        _at(s[a], [out[:, a::2, 0::2], out[:, a::2, 1::2]])  # ... then along the columns
+
+
+# ---- book/fast_training.md:1245 ----
+def _winograd_chunks(xp, Th, Tw, C, F, chunk_bytes):
+    """Yield (n, m, V): images n .. n+m of xp as transformed tiles V (16, m*Th*Tw, C), in a
+    buffer of about chunk_bytes (with the products' output, 16 numbers per tile and filter)."""
+    per_image = 16 * Th * Tw * (C + F) * xp.itemsize
+    step = min(len(xp), max(2, (chunk_bytes or CONV_CHUNK_BYTES) // per_image))
+    buffer = np.empty((4, 4, step, Th, Tw, C), xp.dtype)
+    for n in range(0, len(xp), step):
+        m = min(step, len(xp) - n)
+        V = buffer[:, :, :m]
+        winograd_input_tiles(xp[n:n + m], V)
+        yield n, m, V.reshape(16, m * Th * Tw, C)  # a view: the tiles of a tap are contiguous
+
+
+def winograd_conv_forward(x, w, pad=1, chunk_bytes=None):
+    """3x3 convolution with stride 1 by Winograd's F(2x2, 3x3): the same contract as
+    ``conv_forward`` (x (N, H, W, C), w (3, 3, C, F), pad), computed tile by tile."""
+    (H_out, W_out), pads = _check_conv("winograd_conv_forward", x, w, pad)
+    if w.shape[0] != 3:
+        raise ValueError(f"winograd_conv_forward: filters must be 3x3, got {w.shape}")
+    N, C, F = x.shape[0], w.shape[2], w.shape[3]
+    Th, Tw = -(-H_out // 2), -(-W_out // 2)  # tiles: an odd output size gets one more
+    (t, b), (l, r) = pads
+    xp = pad_nhwc(x, ((t, b + 2 * Th - H_out), (l, r + 2 * Tw - W_out)))
+    U = np.einsum("ai,ijcf,bj->abcf", WINOGRAD_G, w, WINOGRAD_G).reshape(16, C, F)
+    U = U.astype(x.dtype)
+    out = np.empty((N, 2 * Th, 2 * Tw, F), x.dtype)
+    for n, m, V in _winograd_chunks(xp, Th, Tw, C, F, chunk_bytes):
+        M = np.matmul(V, U)                                 # 16 products (m*Th*Tw, C) @ (C, F)
+        winograd_output_tiles(M.reshape(4, 4, m, Th, Tw, F), out[n:n + m])
+    return out[:, :H_out, :W_out], (xp, w, pads, (H_out, W_out))
+
+
+# ---- book/fast_training.md:1285 ----
+def winograd_conv_backward(dout, cache, need_dx=True, chunk_bytes=None):
+    """Backward pass of ``winograd_conv_forward``: dout (N, H_out, W_out, F) -> dx or None, dw."""
+    xp, w, pads, (H_out, W_out) = cache
+    N, C, F = xp.shape[0], w.shape[2], w.shape[3]
+    Th, Tw = (xp.shape[1] - 2) // 2, (xp.shape[2] - 2) // 2
+    dout = _check_dout("winograd_conv_backward", dout, (N, H_out, W_out, F), w.dtype)
+    dY = np.zeros((N, 2 * Th, 2 * Tw, F), w.dtype)          # the output tiles' gradient, padded
+    dY[:, :H_out, :W_out] = dout
+    dU = np.zeros((16, C, F), w.dtype)
+    for n, m, V in _winograd_chunks(xp, Th, Tw, C, F, chunk_bytes):
+        y = dY[n:n + m]
+        rows = np.empty((4, m, Th, 2 * Tw, F), w.dtype)
+        _a([y[:, 0::2], y[:, 1::2]], rows)                  # A dY: along the rows of the tiles
+        dM = np.empty((4, 4, m, Th, Tw, F), w.dtype)
+        for i in range(4):
+            _a([rows[i][:, :, 0::2], rows[i][:, :, 1::2]], dM[i])  # ... A^T: along the columns
+        dU += np.matmul(V.transpose(0, 2, 1), dM.reshape(16, m * Th * Tw, F))
+    dw = np.einsum("ai,abcf,bj->ijcf", WINOGRAD_G, dU.reshape(4, 4, C, F), WINOGRAD_G)
+    dx = None
+    if need_dx:  # the transposed convolution, by the same algorithm
+        w_t = np.ascontiguousarray(w[::-1, ::-1].transpose(0, 1, 3, 2))
+        (t, b), (l, r) = [(2 - p, 2 - q) for p, q in pads]
+        crop = dout[:, max(0, -t):H_out - max(0, -b), max(0, -l):W_out - max(0, -r)]
+        dx, _ = winograd_conv_forward(np.ascontiguousarray(crop), w_t,
+                                      ((max(0, t), max(0, b)), (max(0, l), max(0, r))),
+                                      chunk_bytes)
+    return dx, dw.astype(w.dtype)
+
+
 # ---- where the book explains each definition (tools/tangle.py) ----
 _EXPLAINED_IN = {
     'pad_nhwc': 'the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Channels last"',
     'receptive_fields': 'the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Channels last"',
+    'im2col_chunks': 'the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Channels last"',
     'conv_forward': 'the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Channels last"',
     'conv_backward': 'the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Channels last"',
     'max_pool_forward': 'the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Pooling, batch normalization and ReLU, channels last"',
@@ -285,6 +441,10 @@ _EXPLAINED_IN = {
     'residual_backward': 'the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Pooling, batch normalization and ReLU, channels last"',
     'global_avg_pool_forward': 'the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Pooling, batch normalization and ReLU, channels last"',
     'global_avg_pool_backward': 'the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Pooling, batch normalization and ReLU, channels last"',
+    'winograd_input_tiles': 'the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Fewer multiplications: Winograd\'s convolution"',
+    'winograd_output_tiles': 'the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Fewer multiplications: Winograd\'s convolution"',
+    'winograd_conv_forward': 'the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Fewer multiplications: Winograd\'s convolution"',
+    'winograd_conv_backward': 'the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Fewer multiplications: Winograd\'s convolution"',
 }
 for _name, _where in _EXPLAINED_IN.items():
     # after the docstring's first paragraph, so that help() shows it at the top

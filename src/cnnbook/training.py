@@ -3,41 +3,156 @@
 # Chapters: book/fast_training.md
 
 
-# ---- book/fast_training.md:840 ----
+# ---- book/fast_training.md:78 ----
+import time
+
+import numpy as np
+
+ORDINARY_SGEMM_GFLOPS = 115.0  # np.matmul, 2048 x 2048 float32, on a 2-core AVX2 machine
+
+
+def sgemm_gflops(n=2048, repeats=5):
+    """This machine's rate of np.matmul on two n x n float32 matrices (all BLAS threads), in
+    GFLOP/s (2 n^3 operations per product); the best of ``repeats`` products after a warm-up."""
+    a = np.random.default_rng(0).random((n, n), dtype=np.float32)
+    np.matmul(a, a)
+    best = min(_seconds(np.matmul, a, a) for _ in range(repeats))
+    return 2 * n**3 / best / 1e9
+
+
+def _seconds(f, *args):
+    start = time.perf_counter()
+    f(*args)
+    return time.perf_counter() - start
+
+
+# ---- book/fast_training.md:975 ----
+import copy
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+from threadpoolctl import threadpool_limits
+
+
+def usable_cores():
+    """The number of CPU cores this process may run on."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+class SumOverThreads:
+    """``allreduce`` for batch normalization: called by each of ``n`` threads with an array, it
+    returns the sum of the n arrays to every thread (a barrier before and after the sum)."""
+
+    def __init__(self, n):
+        self.n, self.arrays, self.barrier = n, [None] * n, threading.Barrier(n)
+        self.local = threading.local()  # .index: this thread's place in the table
+
+    def __call__(self, array):
+        self.arrays[self.local.index] = array
+        self.barrier.wait()                 # every thread has put its array on the table
+        total = sum(self.arrays[1:], self.arrays[0])
+        self.barrier.wait()                 # every thread has read the table
+        return total
+
+
+# ---- book/fast_training.md:1017 ----
+class DataParallel:
+    """Runs ``model.loss`` on equal parts of a batch in ``threads`` threads (default: the usable
+    cores), BLAS single-threaded, and combines the results. With sync_bn (default), batch
+    normalization uses the statistics of the whole batch; without, of each part ("ghost").
+    model : a channels-last model with ``params``, ``bn_params`` and ``loss`` (``FastConvNet``)."""
+
+    def __init__(self, model, threads=None, sync_bn=True):
+        self.model, self.sync_bn = model, sync_bn
+        self.threads = usable_cores() if threads is None else threads
+        if not isinstance(self.threads, (int, np.integer)) or self.threads < 1:
+            raise ValueError(f"DataParallel: threads must be an int >= 1, got {threads!r}")
+        self.params = model.params
+        self.pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
+
+    def _run(self, function, parts):
+        """function(i, part) for each part, in the threads, with one BLAS thread each."""
+        if self.pool is None or len(parts) == 1:
+            return [function(i, part) for i, part in enumerate(parts)]
+        with threadpool_limits(1, user_api="blas"):
+            return list(self.pool.map(function, range(len(parts)), parts))
+
+    # ---- book/fast_training.md:1043 ----
+    def loss(self, X, y=None):
+        """As ``model.loss``: the scores (N, classes) for y=None, else (loss, grads)."""
+        if y is None:                       # test mode: any parts will do, no statistics to share
+            parts = [X[i:i + 250] for i in range(0, len(X), 250)]
+            return np.concatenate(self._run(lambda i, part: self.model.loss(part), parts))
+        n = max(t for t in range(1, self.threads + 1) if len(X) % t == 0)
+        if n == 1:
+            return self.model.loss(X, y)
+        size = len(X) // n
+        shared = SumOverThreads(n) if self.sync_bn else None
+        copies = []
+        for i in range(n):
+            replica = copy.copy(self.model)  # shares params; its own batch-norm dictionaries
+            replica.bn_params = {name: dict(bn, **({"allreduce": shared} if shared else {}))
+                                 for name, bn in self.model.bn_params.items()}
+            copies.append(replica)
+
+        def part_loss(i, replica):
+            if shared is not None:
+                shared.local.index = i
+            return replica.loss(X[i * size:(i + 1) * size], y[i * size:(i + 1) * size])
+
+        results = self._run(part_loss, copies)
+        loss = sum(r[0] for r in results) / n
+        grads = {k: sum(r[1][k] for r in results) / n for k in results[0][1]}
+        for name, bn in self.model.bn_params.items():
+            for key in ("running_mean", "running_var"):
+                bn[key] = sum(c.bn_params[name][key] for c in copies) / n
+        self.model.train_scores = np.concatenate([c.train_scores for c in copies])
+        return loss, grads
+
+
+# ---- book/fast_training.md:1460 ----
 import numpy as np
 
 
-def one_cycle_lr(step, total_steps, peak, warmup=0.25):
-    """Learning rate at ``step`` (0-based): linear from 0 to ``peak`` over the first ``warmup``
-    fraction of ``total_steps``, then linear down to 0 at ``total_steps``."""
+def one_cycle_lr(step, total_steps, peak, warmup=0.25, start=0.0, end=0.0):
+    """Learning rate at ``step`` (0-based): linear from ``start * peak`` to ``peak`` over the first
+    ``warmup`` fraction of ``total_steps``, then linear down to ``end * peak`` at ``total_steps``."""
     if not 0 <= step < total_steps:
         raise ValueError(f"one_cycle_lr: step {step} is outside [0, {total_steps})")
     rise = max(1, int(warmup * total_steps))
     if step < rise:
-        return peak * step / rise
-    return peak * (total_steps - step) / (total_steps - rise)
+        return peak * (start + (1 - start) * step / rise)
+    return peak * (end + (1 - end) * (total_steps - step) / (total_steps - rise))
 
 
-def random_crop_flip(X, rng, pad=4):
+def random_crop_flip(X, rng, pad=4, flip=None, mode="constant"):
     """Augment a batch X (N, H, W, C): shift each image by up to ``pad`` pixels in each direction
-    (a random crop of the zero-padded image) and mirror it left-right with probability 1/2.
-    rng : a numpy Generator. Returns a new array of X's shape and dtype."""
+    (a random crop of the image padded by ``np.pad`` in ``mode``: "constant" adds black pixels,
+    "reflect" mirrors the border) and mirror it left-right where ``flip`` (N,) is True (None:
+    each with probability 1/2). rng : a numpy Generator. Returns a new array like X."""
     N, H, W, _ = X.shape
-    padded = np.pad(X, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    padded = np.pad(X, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode=mode)
     dy, dx = rng.integers(0, 2 * pad + 1, size=(2, N))
     rows = (dy[:, None] + np.arange(H))[:, :, None]           # (N, H, 1)
     cols = (dx[:, None] + np.arange(W))[:, None, :]           # (N, 1, W)
     out = padded[np.arange(N)[:, None, None], rows, cols]     # (N, H, W, C)
-    flip = rng.random(N) < 0.5
+    flip = rng.random(N) < 0.5 if flip is None else np.asarray(flip, bool)
     out[flip] = out[flip, :, ::-1]
     return out
 
 
 def channel_stats(X):
     """Per-channel mean and standard deviation (float32, shape (C,)) of uint8 images X (N, H, W, C),
-    on the scale 0..1."""
+    on the scale 0..1: exact, from each channel's histogram of the 256 values."""
     X2 = X.reshape(-1, X.shape[-1])
-    return (X2.mean(axis=0) / 255).astype(np.float32), (X2.std(axis=0) / 255).astype(np.float32)
+    counts = np.stack([np.bincount(X2[:, c], minlength=256) for c in range(X2.shape[1])])
+    values = np.arange(256) / 255
+    mean = counts @ values / len(X2)
+    var = counts @ values**2 / len(X2) - mean**2
+    return mean.astype(np.float32), np.sqrt(np.maximum(var, 0)).astype(np.float32)
 
 
 def normalize(X, mean, std):
@@ -45,7 +160,7 @@ def normalize(X, mean, std):
     return (X.astype(np.float32) * np.float32(1 / 255) - mean) / std
 
 
-# ---- book/fast_training.md:973 ----
+# ---- book/fast_training.md:1598 ----
 import errno
 import json
 import os
@@ -112,32 +227,42 @@ def load_checkpoint(path):
     return arrays, meta
 
 
-# ---- book/fast_training.md:1060 ----
+# ---- book/fast_training.md:1685 ----
 import hashlib
 import math
 import numbers
 
-#: The Trainer's numeric settings: name -> (type, test of a value of that type, the test in words).
+#: The Trainer's settings: name -> (type, test of a value of that type, the test in words).
 TRAINER_SETTINGS = {
     "epochs": (int, lambda v: v >= 1, "an int >= 1"),
     "batch_size": (int, lambda v: v >= 1, "an int >= 1"),
     "learning_rate": (float, lambda v: 0 < v < math.inf, "a finite number > 0"),
     "warmup": (float, lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "lr_start": (float, lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+    "lr_end": (float, lambda v: 0 <= v <= 1, "a number in [0, 1]"),
     "momentum": (float, lambda v: 0 <= v < 1, "a number in [0, 1)"),
     "weight_decay": (float, lambda v: 0 <= v < math.inf, "a finite number >= 0"),
+    "bn_scale_lr": (float, lambda v: 0 <= v < math.inf, "a finite number >= 0"),
+    "bn_bias_lr": (float, lambda v: 0 < v < math.inf, "a finite number > 0"),
     "pad": (int, lambda v: v >= 0, "an int >= 0"),
+    "reflect": (bool, lambda v: True, "True or False"),
+    "alternate_flips": (bool, lambda v: True, "True or False"),
+    "eval_images": (int, lambda v: v >= 0, "an int >= 0"),
     "seed": (int, lambda v: v >= 0, "an int >= 0"),
 }
 
 
 def _check_settings(settings):
-    """The settings (dict name -> value, names of ``TRAINER_SETTINGS``) as Python ints and floats,
-    or a ValueError naming the first bad setting and its value."""
+    """The settings (dict name -> value, names of ``TRAINER_SETTINGS``) as Python bools, ints and
+    floats, or a ValueError naming the first bad setting and its value."""
     checked = {}
     for name, value in settings.items():
         kind, test, rule = TRAINER_SETTINGS[name]
-        accepted = numbers.Integral if kind is int else numbers.Real  # NumPy numbers included
-        ok = isinstance(value, accepted) and not isinstance(value, (bool, np.bool_))
+        if kind is bool:
+            ok = isinstance(value, (bool, np.bool_))
+        else:
+            accepted = numbers.Integral if kind is int else numbers.Real  # NumPy numbers too
+            ok = isinstance(value, accepted) and not isinstance(value, (bool, np.bool_))
         if not (ok and test(kind(value))):
             raise ValueError(f"Trainer: {name} must be {rule}, got {value!r}")
         checked[name] = kind(value)
@@ -178,7 +303,7 @@ def _data_fingerprint(X, y):
     return "sha256:" + h.hexdigest()
 
 
-# ---- book/fast_training.md:1128 ----
+# ---- book/fast_training.md:1763 ----
 from cnnbook import optim
 
 
@@ -186,62 +311,65 @@ class Trainer:
     """Trains a channels-last model (``FastConvNet``) with the recipe of this chapter.
 
     data : dict with X_train (N, H, W, C) uint8, y_train (N,), X_test, y_test.
-    Settings (checked first, ValueError if bad; see ``TRAINER_SETTINGS``): epochs, batch_size,
-    learning_rate (the peak of ``one_cycle_lr``), warmup, momentum, weight_decay (for parameters
-    with 2 or more dimensions), pad (of ``random_crop_flip``), seed (the shuffling and
-    augmentation); checkpoint (a file path, or None for no checkpoints), on_epoch_end (called with
-    the trainer at the end of each epoch, after its checkpoint is written).
-    The model has ``params``, ``bn_params`` (batch normalization ``name`` scaled by the parameter
-    ``'gamma' + name``) and ``loss``, as ``FastConvNet``.
+    Settings (checked first, ValueError if bad; see ``TRAINER_SETTINGS``): epochs, batch_size;
+    learning_rate, the peak of ``one_cycle_lr`` with warmup, lr_start and lr_end; momentum;
+    weight_decay, the fraction of every parameter taken off per step is learning rate x
+    weight_decay; bn_scale_lr and bn_bias_lr multiply the learning rate of the batch-norm scales
+    ('gamma...') and shifts ('beta...'), 0 freezes; pad, reflect (of ``random_crop_flip``);
+    alternate_flips (mirror each image in every other epoch, else at random); eval_images (the
+    test images evaluated after each epoch); seed (shuffling and augmentation).
+    threads: for ``DataParallel`` (None: the usable cores); checkpoint (a file path or None);
+    on_epoch_end (called with the trainer at the end of each epoch, after its checkpoint).
+    The model has ``params``, ``bn_params`` and ``loss``, as ``FastConvNet``.
     """
 
-    def __init__(self, model, data, epochs=16, batch_size=512, learning_rate=0.4, warmup=0.25,
-                 momentum=0.9, weight_decay=5e-4, pad=4, seed=0, checkpoint=None,
-                 on_epoch_end=None, verbose=True):
+    def __init__(self, model, data, epochs=8, batch_size=512, learning_rate=0.75, warmup=0.23,
+                 lr_start=0.2, lr_end=0.07, momentum=0.85, weight_decay=1.3e-3, bn_scale_lr=0.0,
+                 bn_bias_lr=64.0, pad=4, reflect=True, alternate_flips=True, eval_images=1000,
+                 seed=0, threads=None, checkpoint=None, on_epoch_end=None, verbose=True):
         settings = _check_settings(dict(
             epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, warmup=warmup,
-            momentum=momentum, weight_decay=weight_decay, pad=pad, seed=seed))
+            lr_start=lr_start, lr_end=lr_end, momentum=momentum, weight_decay=weight_decay,
+            bn_scale_lr=bn_scale_lr, bn_bias_lr=bn_bias_lr, pad=pad, reflect=reflect,
+            alternate_flips=alternate_flips, eval_images=eval_images, seed=seed))
         _check_data(data, settings["batch_size"])
-        self.model, self.data = model, data
+        self.model, self.data, self.parallel = model, data, DataParallel(model, threads)
         model_settings = {k: np.asarray(getattr(model, k, None)).tolist()  # JSON-able
                           for k in ("widths", "smoothing", "scale")}
         self.settings = dict(settings, model=type(model).__name__, n_train=len(data["X_train"]),
                              **model_settings)
         self.epochs, self.batch_size = settings["epochs"], settings["batch_size"]
-        self.pad = settings["pad"]
         self.checkpoint, self.on_epoch_end, self.verbose = checkpoint, on_epoch_end, verbose
         self.data_fingerprint = _data_fingerprint(data["X_train"], data["y_train"])
         self.mean, self.std = channel_stats(data["X_train"])
         self.steps_per_epoch = len(data["X_train"]) // self.batch_size
         self.total_steps = self.epochs * self.steps_per_epoch
         self.rng = np.random.default_rng(settings["seed"])
+        first_flips = np.random.default_rng([settings["seed"], 1]).random(len(data["X_train"]))
+        self.first_flips = first_flips < 0.5  # alternate_flips: mirrored in the odd epochs
+        self.rates = {name: settings["bn_scale_lr"] if name.startswith("gamma") else
+                      settings["bn_bias_lr"] if name.startswith("beta") else 1.0
+                      for name in model.params}
         self.configs = {name: {"momentum": settings["momentum"],
-                               "weight_decay": settings["weight_decay"] if p.ndim > 1 else 0.0}
-                        for name, p in model.params.items()}
+                               "weight_decay": settings["weight_decay"] / rate if rate else 0.0}
+                        for name, rate in self.rates.items()}
         self.epoch, self.step = 0, 0
         self.history = {"loss": [], "train_acc": [], "test_acc": [], "lr": [], "seconds": []}
 
-    # ---- book/fast_training.md:1196 ----
+    # ---- book/fast_training.md:1842 ----
     def train_epoch(self):
         """One pass over the shuffled, augmented training images; returns (mean loss, accuracy).
         Raises TrainingDiverged before an update whose loss or gradients are not finite."""
-        X, y, bs = self.data["X_train"], self.data["y_train"], self.batch_size
+        X, y, bs, s = self.data["X_train"], self.data["y_train"], self.batch_size, self.settings
         order = self.rng.permutation(len(X))
+        flips = self.first_flips ^ bool(self.epoch % 2) if s["alternate_flips"] else None
         bar = _progress_bar(self.steps_per_epoch, f"epoch {self.epoch + 1}/{self.epochs}")
         losses, correct, start = [], 0, time.perf_counter()
         for i in range(self.steps_per_epoch):
             idx = order[i * bs:(i + 1) * bs]
-            X_batch = normalize(random_crop_flip(X[idx], self.rng, self.pad), self.mean, self.std)
-            loss, grads = self.model.loss(X_batch, y[idx])
-            self._check_finite(loss, grads, i)
-            lr = one_cycle_lr(self.step, self.total_steps, self.settings["learning_rate"],
-                              self.settings["warmup"])
-            for name, param in self.model.params.items():
-                self.configs[name]["learning_rate"] = lr
-                new, self.configs[name] = optim.sgd_nesterov(param, grads[name], self.configs[name])
-                param[...] = new                      # in place: the model keeps its arrays
-            self.step += 1
-            losses.append(float(loss))
+            X_batch = random_crop_flip(X[idx], self.rng, s["pad"], None if flips is None else
+                                       flips[idx], "reflect" if s["reflect"] else "constant")
+            losses.append(self.train_step(normalize(X_batch, self.mean, self.std), y[idx]))
             correct += int((self.model.train_scores.argmax(axis=1) == y[idx]).sum())
             if bar is not None:
                 rate = (i + 1) * bs / (time.perf_counter() - start)
@@ -253,9 +381,29 @@ class Trainer:
             bar.close()
         return float(np.mean(losses)), correct / (self.steps_per_epoch * bs)
 
-    # ---- book/fast_training.md:1229 ----
-    def _check_finite(self, loss, grads, i):
-        """TrainingDiverged unless the loss and the gradients of step i of this epoch are finite."""
+    # ---- book/fast_training.md:1868 ----
+    def train_step(self, X_batch, y_batch):
+        """One step of SGD on a normalized batch X_batch (N, H, W, C) float32; returns the loss."""
+        loss, grads = self.parallel.loss(X_batch, y_batch)
+        self._check_finite(loss, grads)
+        lr = self.learning_rate()
+        for name, param in self.model.params.items():
+            self.configs[name]["learning_rate"] = lr * self.rates[name]
+            new, self.configs[name] = optim.sgd_nesterov(param, grads[name], self.configs[name])
+            param[...] = new                      # in place: the model keeps its arrays
+        self.step += 1
+        return float(loss)
+
+    # ---- book/fast_training.md:1882 ----
+    def learning_rate(self):
+        """The learning rate of the current step (``one_cycle_lr`` with this run's settings)."""
+        s = self.settings
+        return one_cycle_lr(self.step, self.total_steps, s["learning_rate"], s["warmup"],
+                            s["lr_start"], s["lr_end"])
+
+    # ---- book/fast_training.md:1890 ----
+    def _check_finite(self, loss, grads):
+        """TrainingDiverged unless the loss and the gradients of the current step are finite."""
         bad = [name for name, g in grads.items() if not np.isfinite(g).all()]
         if np.isfinite(loss) and not bad:
             return
@@ -263,12 +411,13 @@ class Trainer:
         grads_text = f", {len(bad)} of {len(grads)} gradients are not finite ({names})" if bad else ""
         kept = (f"; {self.checkpoint} still holds epoch {self.epoch}"
                 if self.checkpoint is not None and self.epoch > 0 else "")
+        i = self.step - self.epoch * self.steps_per_epoch
         raise TrainingDiverged(
             f"Trainer: training diverged at epoch {self.epoch + 1}/{self.epochs}, step {i + 1} of "
         f"{self.steps_per_epoch} (step {self.step + 1} of the run): the loss is {float(loss)}"
         f"{grads_text}; the parameters were not updated with this step's gradients{kept}")
 
-    # ---- book/fast_training.md:1254 ----
+    # ---- book/fast_training.md:1916 ----
     def state(self):
         """The training state as (arrays, meta) for ``save_checkpoint``."""
         arrays = {f"param/{k}": v for k, v in self.model.params.items()}
@@ -282,7 +431,7 @@ class Trainer:
                 "step": self.step, "history": self.history, "rng": self.rng.bit_generator.state}
         return arrays, meta
 
-    # ---- book/fast_training.md:1269 ----
+    # ---- book/fast_training.md:1931 ----
     def _expected_arrays(self, trained):
         """Array name -> (shape, dtype) of this trainer's checkpoints; ``trained``: after the first
         step, which creates the velocities and the batch-norm running averages."""
@@ -296,7 +445,7 @@ class Trainer:
             like["fixed/whitening"] = self.model.whitening
         return {k: (v.shape, v.dtype) for k, v in like.items()}
 
-    # ---- book/fast_training.md:1316 ----
+    # ---- book/fast_training.md:1978 ----
     def _check_run(self, meta, source):
         """CheckpointError unless the header ``meta`` has this run's entries, data and settings."""
         own = self.state()[1]
@@ -313,7 +462,7 @@ class Trainer:
             raise _refused(source, "settings", f"are those of another run: {meta['settings']}, "
                        f"not this run's {self.settings}")
 
-    # ---- book/fast_training.md:1334 ----
+    # ---- book/fast_training.md:1996 ----
     def _check_progress(self, meta, source):
         """CheckpointError unless epoch, step and history of ``meta`` fit this trainer."""
         epoch, step, history = meta["epoch"], meta["step"], meta["history"]
@@ -331,7 +480,7 @@ class Trainer:
                 count = " or ".join(map(str, lengths))
                 raise _refused(source, f"history/{key}", f"is not a list of {count} finite numbers")
 
-    # ---- book/fast_training.md:1353 ----
+    # ---- book/fast_training.md:2015 ----
     def _check_arrays(self, arrays, step, source):
         """CheckpointError unless ``arrays`` are exactly those of this model's state at ``step``,
         with their shapes and dtypes, finite, and this model's whitening filters."""
@@ -352,7 +501,7 @@ class Trainer:
                                                               self.model.whitening):
             raise _refused(source, "fixed/whitening", "differs from this model's whitening filters")
 
-    # ---- book/fast_training.md:1375 ----
+    # ---- book/fast_training.md:2037 ----
     def _check_rng(self, rng_state, source):
         """CheckpointError unless ``rng_state`` is a state a generator like ``self.rng`` takes as is."""
         probe = type(self.rng.bit_generator)()
@@ -364,7 +513,7 @@ class Trainer:
             raise _refused(source, "rng", f"is not a {type(probe).__name__} state: it would be read "
                        f"as {probe.state}")
 
-    # ---- book/fast_training.md:1395 ----
+    # ---- book/fast_training.md:2057 ----
     def restore(self, arrays, meta, source="checkpoint"):
         """Continue from a state made by ``state()`` of a run with the same data, settings and model.
         Everything is checked first: CheckpointError (naming ``source`` and the entry) and no change
@@ -389,7 +538,7 @@ class Trainer:
         self.history = {key: list(meta["history"][key]) for key in self.history}
         self.rng.bit_generator.state = meta["rng"]
 
-    # ---- book/fast_training.md:1435 ----
+    # ---- book/fast_training.md:2097 ----
     def train(self):
         """Run (or resume) the training; returns the history dict."""
         if self.checkpoint is not None and Path(self.checkpoint).exists():
@@ -400,8 +549,7 @@ class Trainer:
             self._print(f"epoch {self.epoch:2d}/{self.epochs}  test acc {test_acc:.4f} (evaluated now)")
         while self.epoch < self.epochs:
             start = time.perf_counter()
-            lr = one_cycle_lr(self.step, self.total_steps, self.settings["learning_rate"],
-                              self.settings["warmup"])
+            lr = self.learning_rate()
             loss, train_acc = self.train_epoch()
             seconds = time.perf_counter() - start
             self.epoch += 1
@@ -418,12 +566,16 @@ class Trainer:
                 self.on_epoch_end(self)
         return self.history
 
-    # ---- book/fast_training.md:1465 ----
+    # ---- book/fast_training.md:2126 ----
     def evaluate(self):
-        """Accuracy of the model as it is on the test images (without test-time augmentation)."""
-        return self.accuracy(self.data["X_test"], self.data["y_test"], tta=False)
+        """Accuracy of the model as it is on the first ``eval_images`` test images (no test-time
+        augmentation): a cheap learning curve; the full test set is for the end of the run."""
+        n = self.settings["eval_images"]
+        if n == 0:
+            return math.nan
+        return self.accuracy(self.data["X_test"][:n], self.data["y_test"][:n], tta=0)
 
-    # ---- book/fast_training.md:1471 ----
+    # ---- book/fast_training.md:2136 ----
     def _record_test_acc(self):
         """Evaluate, add the test accuracy of the last epoch to the history, save; return it."""
         test_acc = self.evaluate()
@@ -431,35 +583,44 @@ class Trainer:
         self._save()
         return test_acc
 
-    # ---- book/fast_training.md:1480 ----
+    # ---- book/fast_training.md:2145 ----
     def _save(self):
         if self.checkpoint is not None:
             save_checkpoint(self.checkpoint, *self.state())
 
-    # ---- book/fast_training.md:1486 ----
+    # ---- book/fast_training.md:2151 ----
     def _print(self, message):
         if self.verbose:
             print(message, flush=True)
 
-    # ---- book/fast_training.md:1501 ----
-    def predict(self, X, tta=True, batch_size=1000):
-        """Class scores (N, num_classes) of uint8 images X (N, H, W, C), optionally with flip TTA."""
+    # ---- book/fast_training.md:2171 ----
+    def predict(self, X, tta=2, batch_size=1000):
+        """Class scores (N, num_classes) of uint8 images X (N, H, W, C) with test-time augmentation
+        tta: 0 none, 1 the mean over the image and its mirror image, 2 also views shifted by a pixel."""
+        if isinstance(tta, bool) or tta not in (0, 1, 2):
+            raise ValueError(f"Trainer.predict: tta must be 0, 1 or 2, got {tta!r}")
         out = []
         for i in range(0, len(X), batch_size):
             x = normalize(X[i:i + batch_size], self.mean, self.std)
-            scores = self.model.loss(x)
-            if tta:
-                scores = scores + self.model.loss(np.ascontiguousarray(x[:, :, ::-1]))
-            out.append(scores)
+            views = [[x]]
+            if tta == 2:
+                padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
+                views.append([padded[:, s:s + x.shape[1], s:s + x.shape[2]] for s in (0, 2)])
+            group_scores = []
+            for group in views:  # each view and, with tta, its mirror image
+                images = group + ([v[:, :, ::-1] for v in group] if tta else [])
+                group_scores.append(np.mean([self.parallel.loss(np.ascontiguousarray(v))
+                                             for v in images], axis=0))
+            out.append(np.mean(group_scores, axis=0))
         return np.concatenate(out)
 
-    # ---- book/fast_training.md:1514 ----
-    def accuracy(self, X, y, tta=True):
-        """Fraction of the images X whose highest score is their label y."""
+    # ---- book/fast_training.md:2193 ----
+    def accuracy(self, X, y, tta=2):
+        """Fraction of the images X whose highest score (``predict`` with ``tta``) is their label y."""
         return float((self.predict(X, tta).argmax(axis=1) == y).mean())
 
 
-# ---- book/fast_training.md:1188 ----
+# ---- book/fast_training.md:1834 ----
 import time
 
 
@@ -467,13 +628,13 @@ class TrainingDiverged(RuntimeError):
     """The loss or a gradient of a training step is nan or infinite (the training diverged)."""
 
 
-# ---- book/fast_training.md:1310 ----
+# ---- book/fast_training.md:1972 ----
 def _refused(source, entry, problem):
     """The CheckpointError for the entry ``entry`` of the checkpoint ``source``."""
     return CheckpointError(f"{source}: {entry!r} {problem}")
 
 
-# ---- book/fast_training.md:1497 ----
+# ---- book/fast_training.md:2167 ----
 import os
 
 
@@ -488,7 +649,7 @@ def _progress_bar(total, desc):
     return tqdm(total=total, desc=desc, unit="batch", leave=False)
 
 
-# ---- book/fast_training.md:1543 ----
+# ---- book/fast_training.md:2222 ----
 import ctypes
 import sys
 
@@ -508,6 +669,10 @@ def keep_freed_memory():
 
 # ---- where the book explains each definition (tools/tangle.py) ----
 _EXPLAINED_IN = {
+    'sgemm_gflops': 'the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "How fast is this machine?"',
+    'usable_cores': 'the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Both cores"',
+    'SumOverThreads': 'the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Both cores"',
+    'DataParallel': 'the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Both cores"',
     'one_cycle_lr': 'the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "The training recipe"',
     'random_crop_flip': 'the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "The training recipe"',
     'channel_stats': 'the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "The training recipe"',

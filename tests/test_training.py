@@ -272,7 +272,7 @@ BAD_SETTINGS = [("epochs", 0), ("epochs", -1), ("epochs", 2.0), ("epochs", True)
                 ("weight_decay", float("nan")), ("pad", -1), ("pad", 1.5), ("seed", -1),
                 ("seed", 0.5), ("seed", "0"), ("seed", None), ("lr_start", 1.5), ("lr_end", -0.1),
                 ("bn_scale_lr", -1.0), ("bn_bias_lr", 0), ("reflect", 1), ("reflect", "yes"),
-                ("alternate_flips", None), ("eval_images", -1), ("eval_images", 0.5)]
+                ("alternate_flips", None), ("eval_images", 0), ("eval_images", 0.5)]
 
 
 @pytest.mark.parametrize("name, value", BAD_SETTINGS,
@@ -878,6 +878,34 @@ def test_random_crop_flip_with_reflected_border_and_given_flips():
                    for a in range(5) for b in range(5))
 
 
+def test_augmentation_and_schedule_refuse_bad_arguments():
+    X = np.zeros((4, 8, 8, 3), np.uint8)
+    rng = np.random.default_rng(0)
+    for kwargs in ({"pad": -1}, {"pad": 1.5}, {"flip": np.zeros(3, bool)}):
+        with pytest.raises(ValueError, match="random_crop_flip"):
+            random_crop_flip(X, rng, **{"pad": 2, **kwargs})
+    with pytest.raises(ValueError, match="random_crop_flip"):
+        random_crop_flip(X[0], rng)
+    for kwargs in ({"warmup": 1.0}, {"start": -0.1}, {"end": 1.5}):
+        with pytest.raises(ValueError, match="one_cycle_lr"):
+            one_cycle_lr(0, 10, 0.1, **{"warmup": 0.2, **kwargs})
+
+
+def test_whitening_keeps_the_loudest_directions_and_whitens_them():
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((200, 8, 8, 3)) @ rng.standard_normal((3, 3))  # correlated channels
+    w = whitening_filters(X, eps=0.0, keep=5)
+    assert w.shape == (2, 2, 3, 10)
+    out, _ = nhwc.conv_forward(X, w, 0)
+    cov = np.cov(out[..., :5].reshape(-1, 5), rowvar=False)
+    assert np.allclose(cov, np.eye(5), atol=1e-8)               # the kept outputs are white
+    assert np.array_equal(out[..., 5:], -out[..., :5])         # and the negatives follow
+    full = whitening_filters(X, eps=0.0)
+    assert np.allclose(full[..., 7:12], w[..., :5])            # the 5 loudest of the 12
+    with pytest.raises(ValueError, match="keep"):
+        whitening_filters(X, keep=13)
+
+
 def test_alternating_flips_mirror_each_image_in_every_other_epoch(monkeypatch):
     seen = []  # per epoch: image index -> mirrored
     data = _data(n_train=64)
@@ -891,9 +919,34 @@ def test_alternating_flips_mirror_each_image_in_every_other_epoch(monkeypatch):
         return real(X, rng, pad, flip, mode)
 
     monkeypatch.setattr(training, "random_crop_flip", record)
-    _trainer(data, epochs=3, batch_size=64, eval_images=0).train()  # one batch: every image
+    _trainer(data, epochs=3, batch_size=64).train()  # one batch: every image
     assert len(seen) == 3 and 0 < seen[0].sum() < 64
     assert np.array_equal(seen[1], ~seen[0]) and np.array_equal(seen[2], seen[0])
+
+
+def test_lookahead_ends_on_the_slow_weights_and_can_be_switched_off(tmp_path):
+    data = _data()
+    off = _trainer(data, epochs=3, lookahead=False)
+    off.train()
+    assert off.slow == {}
+    on = _trainer(data, epochs=3, lookahead=True, checkpoint=tmp_path / "run.npz")
+    on.train()
+    for key, array in on._averaged_arrays().items():
+        assert np.array_equal(array, on.slow[key]), key
+    assert any(not np.array_equal(on.model.params[k], off.model.params[k]) for k in on.model.params)
+    arrays, _ = load_checkpoint(tmp_path / "run.npz")
+    assert {f"slow/{k}" for k in on._averaged_arrays()} <= set(arrays)
+
+
+def test_lookahead_pulls_the_weights_every_fifth_step():
+    trainer = _trainer(epochs=10, lookahead=True)  # 4 steps an epoch, 40 in all
+    seen = []
+    for _ in range(6):
+        X = normalize(trainer.data["X_train"][:16], trainer.mean, trainer.std)
+        trainer.train_step(X, trainer.data["y_train"][:16])
+        seen.append(all(np.array_equal(v, trainer.slow[k])
+                        for k, v in trainer._averaged_arrays().items()))
+    assert seen == [True, False, False, False, True, False]  # steps 1 (copy) and 5 (pull)
 
 
 def test_two_threads_train_like_one():
@@ -919,6 +972,9 @@ def test_predict_with_test_time_augmentation():
     assert np.allclose(trainer.predict(X, tta=1), (plain + mirrored) / 2, atol=1e-6)
     assert trainer.predict(X, tta=2).shape == plain.shape
     assert not np.allclose(trainer.predict(X, tta=2), trainer.predict(X, tta=1))
+    levels = trainer.predict(X, tta=2, every_level=True)
+    for tta in (0, 1, 2):
+        assert np.allclose(levels[tta], trainer.predict(X, tta=tta), atol=1e-6), tta
     with pytest.raises(ValueError, match="tta"):
         trainer.predict(X, tta=True)
 
@@ -1264,7 +1320,7 @@ def test_data_parallel_with_shared_statistics_is_the_one_piece_step(n, threads):
     loss_p, grads_p = parallel.loss(X, y)
     assert abs(loss - loss_p) < 1e-12
     for k in grads:
-        assert rel_error(grads[k], grads_p[k]) < 1e-10, k
+        assert rel_error(grads[k], grads_p[k]) < 1e-8, k
     for name, bn in one.bn_params.items():
         for key in ("running_mean", "running_var"):
             assert rel_error(bn[key], model.bn_params[name][key]) < 1e-12
@@ -1279,6 +1335,17 @@ def test_data_parallel_with_ghost_statistics_normalizes_each_part():
     halves = [make().loss(X[i:i + 4], y[i:i + 4])[1] for i in (0, 4)]
     for k in grads:
         assert rel_error(grads[k], (halves[0][k] + halves[1][k]) / 2) < 1e-10, k
+
+
+def test_data_parallel_raises_the_error_of_a_failing_thread_and_keeps_working():
+    X, y, make = _parallel_case(8)
+    parallel = training.DataParallel(make(), threads=2)
+    bad = y.copy()
+    bad[6] = 7  # a label out of range, in the second part only
+    with pytest.raises(ValueError, match="labels"):
+        parallel.loss(X, bad)                  # not a hang: the other thread stops waiting
+    loss, grads = parallel.loss(X, y)          # the pool still works
+    assert np.isfinite(loss)
 
 
 def test_data_parallel_refuses_a_bad_thread_count():

@@ -436,59 +436,82 @@ from cnnbook.layer_utils import (affine_relu_backward, affine_relu_forward,
 from cnnbook.layers import affine_backward, affine_forward, softmax_loss
 
 
-# ---- book/fast_training.md:736 ----
+# ---- book/fast_training.md:778 ----
 import numpy as np
 
 from cnnbook.nhwc import receptive_fields
 
 
-def whitening_filters(X, eps=1e-2):
+def patch_covariance(X, chunk=500):
+    """The covariance (12, 12) of the 2x2 patches of images X (N, H, W, 3), in float64, summed
+    over chunks of images (the patches of all images at once would take gigabytes)."""
+    n, total, outer = 0, np.zeros(12), np.zeros((12, 12))
+    for i in range(0, len(X), chunk):
+        patches = receptive_fields(np.ascontiguousarray(X[i:i + chunk], np.float64), 2)
+        patches = patches.reshape(-1, 12)
+        n, total, outer = n + len(patches), total + patches.sum(axis=0), outer + patches.T @ patches
+    mean = total / n
+    return (outer - n * np.outer(mean, mean)) / (n - 1)
+
+
+def whitening_filters(X, eps=5e-4, keep=12):
     """Fixed first-layer filters that whiten 2x2 patches.
 
     X : (N, H, W, 3) float images (normalized as the network will see them).
-    Returns w (2, 2, 3, 24): the 12 eigenvectors of the patch covariance scaled by
-    1 / sqrt(eigenvalue + eps), then their negatives. eps damps the directions of tiny variance.
+    Returns w (2, 2, 3, 2 * keep): the ``keep`` eigenvectors of the patch covariance with the
+    largest eigenvalues, each scaled by 1 / sqrt(eigenvalue + eps), then their negatives. eps
+    damps the directions of tiny variance; keep < 12 leaves the faintest ones out.
     """
     if X.ndim != 4 or X.shape[3] != 3:
         raise ValueError(f"whitening_filters: X must be (N, H, W, 3) images, got {X.shape}")
-    patches = receptive_fields(np.ascontiguousarray(X, np.float64), 2).reshape(-1, 12)
-    eigenvalues, eigenvectors = np.linalg.eigh(np.cov(patches, rowvar=False))
-    w = eigenvectors / np.sqrt(eigenvalues + eps)
-    return np.concatenate([w, -w], axis=1).reshape(2, 2, 3, 24)
+    if not 1 <= keep <= 12:
+        raise ValueError(f"whitening_filters: keep must be in 1..12, got {keep}")
+    eigenvalues, eigenvectors = np.linalg.eigh(patch_covariance(X))  # ascending
+    w = (eigenvectors / np.sqrt(eigenvalues + eps))[:, 12 - keep:]
+    return np.concatenate([w, -w], axis=1).reshape(2, 2, 3, 2 * keep)
 
 
-# ---- book/fast_training.md:818 ----
+# ---- book/fast_training.md:894 ----
 class FastConvNet:
-    """whitening -> 3 x [conv-pool-BN-ReLU, residual conv-BN-ReLU] -> global avg pool -> affine.
+    """whitening -> 3 x [conv-pool-BN-ReLU, residual conv-BN-ReLU] -> global pool -> affine.
 
     Inputs are channels last, X : (N, H, W, 3), H and W at least 16. Parameters: 'W{i}' and
     'W{i}r' (3, 3, C_in, w_i) for the first and the residual convolution of block i, their
     'gamma...'/'beta...' (w_i,), and 'W_fc' (w_3, num_classes), 'b_fc' (num_classes,).
     ``whitening`` (2, 2, 3, K) is the fixed first layer (``whitening_filters``); ``smoothing`` is
-    the label smoothing of the loss; ``scale`` multiplies the scores.
+    the label smoothing of the loss; ``scale`` multiplies the scores; ``dirac``: the first C_in
+    filters of each convolution start as the identity; ``bn_momentum``: of the running averages;
+    ``head_pool``: "max" or "avg", the global pooling before the affine layer.
     """
 
     def __init__(self, whitening, widths=(32, 96, 192), num_classes=10, smoothing=0.2,
-                 scale=1 / 8, seed=0, dtype=np.float32):
+                 scale=1 / 8, dirac=True, bn_momentum=0.6, head_pool="max", seed=0,
+                 dtype=np.float32):
         if len(widths) != 3 or min(widths) < 1:
             raise ValueError(f"FastConvNet: widths must be three positive ints, got {widths}")
+        if head_pool not in ("max", "avg"):
+            raise ValueError(f"FastConvNet: head_pool must be 'max' or 'avg', got {head_pool!r}")
         rng = np.random.default_rng(seed)
         self.whitening = np.asarray(whitening, dtype)
         self.widths, self.smoothing, self.scale, self.dtype = tuple(widths), smoothing, scale, dtype
+        self.dirac, self.bn_momentum, self.head_pool = bool(dirac), bn_momentum, head_pool
         self.params, self.bn_params = {}, {}
         c_in = self.whitening.shape[3]
         for i, width in enumerate(widths, 1):
             for name, c in ((f"{i}", c_in), (f"{i}r", width)):  # fan-in 9 * c
                 w = rng.standard_normal((3, 3, c, width)) * np.sqrt(2 / (9 * c))
+                if dirac and width >= c:  # filter j < c passes input channel j through
+                    w[:, :, :, :c] = 0
+                    w[1, 1, np.arange(c), np.arange(c)] = 1
                 self.params[f"W{name}"] = w.astype(dtype)
                 self.params[f"gamma{name}"] = np.ones(width, dtype)
                 self.params[f"beta{name}"] = np.zeros(width, dtype)
-                self.bn_params[name] = {"mode": "train"}
+                self.bn_params[name] = {"mode": "train", "momentum": bn_momentum}
             c_in = width
         w_fc = rng.standard_normal((c_in, num_classes)) / np.sqrt(c_in)
         self.params["W_fc"], self.params["b_fc"] = w_fc.astype(dtype), np.zeros(num_classes, dtype)
 
-    # ---- book/fast_training.md:862 ----
+    # ---- book/fast_training.md:947 ----
     def scores(self, X, mode="test"):
         """The class scores (N, num_classes) of images X (N, H, W, 3), and the caches."""
         if X.ndim != 4 or X.shape[3] != 3 or min(X.shape[1:3]) < 16:
@@ -505,23 +528,25 @@ class FastConvNet:
             x, cache_r = residual_forward(x, p[f"W{i}r"], p[f"gamma{i}r"], p[f"beta{i}r"],
                                           self.bn_params[f"{i}r"])
             caches.append((cache, cache_r))
-        features, gap_cache = global_avg_pool_forward(x)
+        pool_forward = getattr(nhwc, f"global_{self.head_pool}_pool_forward")
+        features, pool_cache = pool_forward(x)
         scores = (features @ p["W_fc"] + p["b_fc"]) * self.scale
-        return scores, (caches, gap_cache, features)
+        return scores, (caches, pool_cache, features)
 
-    # ---- book/fast_training.md:890 ----
+    # ---- book/fast_training.md:976 ----
     def loss(self, X, y=None):
         """Scores (N, num_classes) if y is None (test mode), else (loss, grads) (training mode);
         a training pass keeps its scores in ``self.train_scores``."""
         if y is None:
             return self.scores(X, mode="test")[0]
-        scores, (caches, gap_cache, features) = self.scores(X, mode="train")
+        scores, (caches, pool_cache, features) = self.scores(X, mode="train")
         self.train_scores = scores  # kept for monitoring the training accuracy
         loss, dscores = softmax_loss_smooth(scores, y, self.smoothing)
         p, grads = self.params, {}
         dscores *= self.scale
         grads["W_fc"], grads["b_fc"] = features.T @ dscores, dscores.sum(axis=0)
-        dx = global_avg_pool_backward(dscores @ p["W_fc"].T, gap_cache)
+        pool_backward = getattr(nhwc, f"global_{self.head_pool}_pool_backward")
+        dx = pool_backward(dscores @ p["W_fc"].T, pool_cache)
         for i in range(3, 0, -1):
             cache, cache_r = caches[i - 1]
             dx, grads[f"W{i}r"], grads[f"gamma{i}r"], grads[f"beta{i}r"] = residual_backward(
@@ -531,13 +556,13 @@ class FastConvNet:
         return loss, grads
 
 
-# ---- book/fast_training.md:856 ----
+# ---- book/fast_training.md:941 ----
+from cnnbook import nhwc
 from cnnbook.nhwc import (conv_bn_relu_backward, conv_bn_relu_forward, conv_forward,
-                          global_avg_pool_backward, global_avg_pool_forward, residual_backward,
-                          residual_forward)
+                          residual_backward, residual_forward)
 
 
-# ---- book/fast_training.md:886 ----
+# ---- book/fast_training.md:972 ----
 from cnnbook.layers import softmax_loss_smooth
 
 
@@ -546,6 +571,7 @@ _EXPLAINED_IN = {
     'TwoLayerNet': 'the chapter "Fully-connected networks" (book/fc_nets.md), section "A two-layer network"',
     'FullyConnectedNet': 'the chapter "Fully-connected networks" (book/fc_nets.md), section "A network of any depth"',
     'ThreeLayerConvNet': 'the chapter "A three-layer ConvNet" (book/convnet.md), section "The network"',
+    'patch_covariance': 'the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "The network"',
     'whitening_filters': 'the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "The network"',
     'FastConvNet': 'the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "The network"',
 }

@@ -1020,7 +1020,7 @@ def avg_pool_backward_naive(dout, cache):
     return dx
 
 
-# ---- book/fast_training.md:770 ----
+# ---- book/fast_training.md:826 ----
 import numpy as np
 
 

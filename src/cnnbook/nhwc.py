@@ -3,7 +3,7 @@
 # Chapters: book/fast_training.md
 
 
-# ---- book/fast_training.md:153 ----
+# ---- book/fast_training.md:157 ----
 import numpy as np
 
 
@@ -57,7 +57,7 @@ def _check_dout(name, dout, shape, dtype):
     return dout.astype(dtype, copy=False)
 
 
-# ---- book/fast_training.md:220 ----
+# ---- book/fast_training.md:224 ----
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
@@ -99,7 +99,7 @@ def im2col_chunks(fields, chunk_bytes=None):
         yield n, cols.reshape(len(cols) * fields.shape[1] * fields.shape[2], -1)
 
 
-# ---- book/fast_training.md:264 ----
+# ---- book/fast_training.md:268 ----
 def conv_forward(x, w, pad=1, chunk_bytes=None):
     """Convolution with stride 1, channels last, as im2col + one matrix product per chunk.
 
@@ -121,7 +121,7 @@ def conv_forward(x, w, pad=1, chunk_bytes=None):
     return out, (xp, w, pads)
 
 
-# ---- book/fast_training.md:304 ----
+# ---- book/fast_training.md:308 ----
 def conv_backward(dout, cache, need_dx=True, chunk_bytes=None):
     """Backward pass of ``conv_forward``: dout (N, H_out, W_out, F) -> dx (N, H, W, C) or None
     (if not need_dx, e.g. for a first layer), dw (k, k, C, F)."""
@@ -144,7 +144,7 @@ def conv_backward(dout, cache, need_dx=True, chunk_bytes=None):
     return dx, dw.reshape(w.shape)
 
 
-# ---- book/fast_training.md:399 ----
+# ---- book/fast_training.md:404 ----
 def _pool_windows(x):
     """The four entries of every 2x2 window of x (N, H, W, C), as strided views."""
     H, W = 2 * (x.shape[1] // 2), 2 * (x.shape[2] // 2)
@@ -170,18 +170,21 @@ def max_pool_backward(dout, cache):
     dout = _check_dout("max_pool_backward", dout, out.shape, x.dtype)
     dx = np.empty_like(x)
     dx[:, 2 * out.shape[1]:], dx[:, :, 2 * out.shape[2]:] = 0, 0  # an odd last row, column
-    taken = np.zeros(out.shape, bool)  # windows whose gradient an earlier entry has taken
+    entries, dx_entries = _pool_windows(x), _pool_windows(dx)
+    taken = entries[0] == out          # windows whose gradient an earlier entry has taken
+    np.multiply(dout, taken, out=dx_entries[0])
     wins = np.empty(out.shape, bool)
-    for i, (entry, dx_entry) in enumerate(zip(_pool_windows(x), _pool_windows(dx))):
+    for entry, dx_entry in zip(entries[1:3], dx_entries[1:3]):
         np.equal(entry, out, out=wins)
         np.greater(wins, taken, out=wins)      # wins and not taken
-        if i < 3:
-            taken |= wins
+        taken |= wins
         np.multiply(dout, wins, out=dx_entry)
+    np.logical_not(taken, out=wins)            # the last entry wins where no other did
+    np.multiply(dout, wins, out=dx_entries[3])
     return dx
 
 
-# ---- book/fast_training.md:466 ----
+# ---- book/fast_training.md:477 ----
 def _check_bn(name, x, gamma, beta, bn_param):
     _check_nhwc(name, x)
     C = x.shape[3]
@@ -207,7 +210,7 @@ def _add_over_batch(bn_param, *sums):
     return np.split(total, np.cumsum([len(s) for s in sums])[:-1])
 
 
-# ---- book/fast_training.md:494 ----
+# ---- book/fast_training.md:505 ----
 def batchnorm_relu_forward(x, gamma, beta, bn_param, relu=True):
     """Spatial batch normalization followed by a ReLU (if relu), channels last.
 
@@ -237,7 +240,7 @@ def batchnorm_relu_forward(x, gamma, beta, bn_param, relu=True):
     return out.reshape(x.shape), (x, out if relu else None, gamma, mean, inv_std, M, bn_param)
 
 
-# ---- book/fast_training.md:531 ----
+# ---- book/fast_training.md:542 ----
 def batchnorm_relu_backward(dout, cache):
     """Backward pass of ``batchnorm_relu_forward``: returns dx (N, H, W, C), dgamma, dbeta (C,)."""
     x, out, gamma, mean, inv_std, M, bn_param = cache
@@ -256,7 +259,7 @@ def batchnorm_relu_backward(dout, cache):
     return d.reshape(x.shape), dgamma, dbeta
 
 
-# ---- book/fast_training.md:569 ----
+# ---- book/fast_training.md:580 ----
 def conv_bn_relu_forward(x, w, gamma, beta, bn_param, pool=False):
     """conv (3x3, pad 1) -> [2x2 max pool] -> batchnorm -> ReLU, channels last.
     x : (N, H, W, C); w : (3, 3, C, F); gamma, beta : (F,). Returns out and the cache.
@@ -297,7 +300,7 @@ def residual_backward(dout, cache):
     return dx, dw, dgamma, dbeta
 
 
-# ---- book/fast_training.md:616 ----
+# ---- book/fast_training.md:631 ----
 def global_avg_pool_forward(x):
     """Mean over the pixels of each channel: x (N, H, W, C) -> out (N, C), cache."""
     _check_nhwc("global_avg_pool_forward", x)
@@ -311,7 +314,24 @@ def global_avg_pool_backward(dout, cache):
     return np.broadcast_to(dout[:, None, None, :] / (H * W), cache).copy()
 
 
-# ---- book/fast_training.md:1193 ----
+def global_max_pool_forward(x):
+    """Maximum over the pixels of each channel: x (N, H, W, C) -> out (N, C), cache."""
+    _check_nhwc("global_max_pool_forward", x)
+    N, H, W, C = x.shape
+    winner = x.reshape(N, H * W, C).argmax(axis=1)       # (N, C): the first largest pixel
+    return np.take_along_axis(x.reshape(N, H * W, C), winner[:, None], 1)[:, 0], (x.shape, winner)
+
+
+def global_max_pool_backward(dout, cache):
+    """Backward pass of ``global_max_pool_forward``: dout (N, C) -> dx (N, H, W, C)."""
+    (N, H, W, C), winner = cache
+    dout = _check_dout("global_max_pool_backward", dout, (N, C), getattr(dout, "dtype", None))
+    dx = np.zeros((N, H * W, C), dout.dtype)
+    np.put_along_axis(dx, winner[:, None], dout[:, None], 1)
+    return dx.reshape(N, H, W, C)
+
+
+# ---- book/fast_training.md:1319 ----
 import numpy as np
 
 WINOGRAD_G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
@@ -361,7 +381,7 @@ def winograd_output_tiles(M, out):
         _at(s[a], [out[:, a::2, 0::2], out[:, a::2, 1::2]])  # ... then along the columns
 
 
-# ---- book/fast_training.md:1245 ----
+# ---- book/fast_training.md:1371 ----
 def _winograd_chunks(xp, Th, Tw, C, F, chunk_bytes):
     """Yield (n, m, V): images n .. n+m of xp as transformed tiles V (16, m*Th*Tw, C), in a
     buffer of about chunk_bytes (with the products' output, 16 numbers per tile and filter)."""
@@ -394,7 +414,7 @@ def winograd_conv_forward(x, w, pad=1, chunk_bytes=None):
     return out[:, :H_out, :W_out], (xp, w, pads, (H_out, W_out))
 
 
-# ---- book/fast_training.md:1285 ----
+# ---- book/fast_training.md:1412 ----
 def winograd_conv_backward(dout, cache, need_dx=True, chunk_bytes=None):
     """Backward pass of ``winograd_conv_forward``: dout (N, H_out, W_out, F) -> dx or None, dw."""
     xp, w, pads, (H_out, W_out) = cache
@@ -441,6 +461,8 @@ _EXPLAINED_IN = {
     'residual_backward': 'the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Pooling, batch normalization and ReLU, channels last"',
     'global_avg_pool_forward': 'the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Pooling, batch normalization and ReLU, channels last"',
     'global_avg_pool_backward': 'the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Pooling, batch normalization and ReLU, channels last"',
+    'global_max_pool_forward': 'the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Pooling, batch normalization and ReLU, channels last"',
+    'global_max_pool_backward': 'the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Pooling, batch normalization and ReLU, channels last"',
     'winograd_input_tiles': 'the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Fewer multiplications: Winograd\'s convolution"',
     'winograd_output_tiles': 'the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Fewer multiplications: Winograd\'s convolution"',
     'winograd_conv_forward': 'the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Fewer multiplications: Winograd\'s convolution"',

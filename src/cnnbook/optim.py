@@ -277,7 +277,7 @@ def adam(w, dw, config=None):
 STATE_PER_PARAMETER = {"sgd": 0, "sgd_momentum": 1, "rmsprop": 1, "adam": 2}
 
 
-# ---- book/fast_training.md:1413 ----
+# ---- book/fast_training.md:1549 ----
 import numpy as np
 
 

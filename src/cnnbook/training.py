@@ -3,7 +3,7 @@
 # Chapters: book/fast_training.md
 
 
-# ---- book/fast_training.md:78 ----
+# ---- book/fast_training.md:82 ----
 import time
 
 import numpy as np
@@ -26,7 +26,7 @@ def _seconds(f, *args):
     return time.perf_counter() - start
 
 
-# ---- book/fast_training.md:975 ----
+# ---- book/fast_training.md:1089 ----
 import copy
 import os
 import threading
@@ -58,7 +58,7 @@ class SumOverThreads:
         return total
 
 
-# ---- book/fast_training.md:1017 ----
+# ---- book/fast_training.md:1131 ----
 class DataParallel:
     """Runs ``model.loss`` on equal parts of a batch in ``threads`` threads (default: the usable
     cores), BLAS single-threaded, and combines the results. With sync_bn (default), batch
@@ -74,13 +74,20 @@ class DataParallel:
         self.pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
 
     def _run(self, function, parts):
-        """function(i, part) for each part, in the threads, with one BLAS thread each."""
+        """function(i, part) for each part, in the threads, with one BLAS thread each. If a
+        thread fails, the others stop waiting for it and its error is raised."""
         if self.pool is None or len(parts) == 1:
             return [function(i, part) for i, part in enumerate(parts)]
         with threadpool_limits(1, user_api="blas"):
-            return list(self.pool.map(function, range(len(parts)), parts))
+            futures = [self.pool.submit(function, i, part) for i, part in enumerate(parts)]
+            errors = [f.exception() for f in futures]  # waits for every thread
+        errors = [e for e in errors if e is not None]
+        if errors:  # the first error that is not another thread's broken barrier
+            raise next((e for e in errors if not isinstance(e, threading.BrokenBarrierError)),
+                       errors[0])
+        return [f.result() for f in futures]
 
-    # ---- book/fast_training.md:1043 ----
+    # ---- book/fast_training.md:1164 ----
     def loss(self, X, y=None):
         """As ``model.loss``: the scores (N, classes) for y=None, else (loss, grads)."""
         if y is None:                       # test mode: any parts will do, no statistics to share
@@ -101,7 +108,12 @@ class DataParallel:
         def part_loss(i, replica):
             if shared is not None:
                 shared.local.index = i
-            return replica.loss(X[i * size:(i + 1) * size], y[i * size:(i + 1) * size])
+            try:
+                return replica.loss(X[i * size:(i + 1) * size], y[i * size:(i + 1) * size])
+            except BaseException:
+                if shared is not None:
+                    shared.barrier.abort()  # the other threads must not wait for this one forever
+                raise
 
         results = self._run(part_loss, copies)
         loss = sum(r[0] for r in results) / n
@@ -113,15 +125,19 @@ class DataParallel:
         return loss, grads
 
 
-# ---- book/fast_training.md:1460 ----
+# ---- book/fast_training.md:1603 ----
 import numpy as np
 
 
 def one_cycle_lr(step, total_steps, peak, warmup=0.25, start=0.0, end=0.0):
-    """Learning rate at ``step`` (0-based): linear from ``start * peak`` to ``peak`` over the first
-    ``warmup`` fraction of ``total_steps``, then linear down to ``end * peak`` at ``total_steps``."""
+    """Learning rate at ``step`` (0-based): linear from ``start * peak`` to ``peak`` over the
+    first ``warmup`` fraction of ``total_steps``, then linear down to ``end * peak`` at
+    ``total_steps``."""
     if not 0 <= step < total_steps:
         raise ValueError(f"one_cycle_lr: step {step} is outside [0, {total_steps})")
+    if not (0 <= warmup < 1 and 0 <= start <= 1 and 0 <= end <= 1):
+        raise ValueError(f"one_cycle_lr: warmup must be in [0, 1), start and end in [0, 1], got "
+                         f"{warmup}, {start}, {end}")
     rise = max(1, int(warmup * total_steps))
     if step < rise:
         return peak * (start + (1 - start) * step / rise)
@@ -133,6 +149,12 @@ def random_crop_flip(X, rng, pad=4, flip=None, mode="constant"):
     (a random crop of the image padded by ``np.pad`` in ``mode``: "constant" adds black pixels,
     "reflect" mirrors the border) and mirror it left-right where ``flip`` (N,) is True (None:
     each with probability 1/2). rng : a numpy Generator. Returns a new array like X."""
+    if X.ndim != 4 or int(pad) != pad or pad < 0:
+        raise ValueError(f"random_crop_flip: X must be images (N, H, W, C) and pad an int >= 0, "
+                         f"got shape {X.shape} and pad {pad!r}")
+    if flip is not None and np.shape(flip) != (len(X),):
+        raise ValueError(f"random_crop_flip: flip must have shape ({len(X)},), got "
+                         f"{np.shape(flip)}")
     N, H, W, _ = X.shape
     padded = np.pad(X, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode=mode)
     dy, dx = rng.integers(0, 2 * pad + 1, size=(2, N))
@@ -160,7 +182,7 @@ def normalize(X, mean, std):
     return (X.astype(np.float32) * np.float32(1 / 255) - mean) / std
 
 
-# ---- book/fast_training.md:1598 ----
+# ---- book/fast_training.md:1790 ----
 import errno
 import json
 import os
@@ -227,7 +249,7 @@ def load_checkpoint(path):
     return arrays, meta
 
 
-# ---- book/fast_training.md:1685 ----
+# ---- book/fast_training.md:1878 ----
 import hashlib
 import math
 import numbers
@@ -247,7 +269,9 @@ TRAINER_SETTINGS = {
     "pad": (int, lambda v: v >= 0, "an int >= 0"),
     "reflect": (bool, lambda v: True, "True or False"),
     "alternate_flips": (bool, lambda v: True, "True or False"),
-    "eval_images": (int, lambda v: v >= 0, "an int >= 0"),
+    "lookahead": (bool, lambda v: True, "True or False"),
+    "ghost_bn": (bool, lambda v: True, "True or False"),
+    "eval_images": (int, lambda v: v >= 1, "an int >= 1"),
     "seed": (int, lambda v: v >= 0, "an int >= 0"),
 }
 
@@ -303,7 +327,7 @@ def _data_fingerprint(X, y):
     return "sha256:" + h.hexdigest()
 
 
-# ---- book/fast_training.md:1763 ----
+# ---- book/fast_training.md:1958 ----
 from cnnbook import optim
 
 
@@ -313,29 +337,37 @@ class Trainer:
     data : dict with X_train (N, H, W, C) uint8, y_train (N,), X_test, y_test.
     Settings (checked first, ValueError if bad; see ``TRAINER_SETTINGS``): epochs, batch_size;
     learning_rate, the peak of ``one_cycle_lr`` with warmup, lr_start and lr_end; momentum;
-    weight_decay, the fraction of every parameter taken off per step is learning rate x
-    weight_decay; bn_scale_lr and bn_bias_lr multiply the learning rate of the batch-norm scales
-    ('gamma...') and shifts ('beta...'), 0 freezes; pad, reflect (of ``random_crop_flip``);
-    alternate_flips (mirror each image in every other epoch, else at random); eval_images (the
-    test images evaluated after each epoch); seed (shuffling and augmentation).
+    weight_decay, added times the parameter to its gradient (divided by the parameter's rate
+    multiplier, so that every parameter decays alike); bn_scale_lr and bn_bias_lr multiply the
+    learning rate of the batch-norm scales ('gamma...') and shifts ('beta...'), 0 freezes; pad,
+    reflect (of ``random_crop_flip``);
+    alternate_flips (mirror each image in every other epoch, else at random); lookahead (pull
+    the weights towards a slow average every 5 steps, ``Trainer._lookahead``); ghost_bn (batch
+    normalization with the statistics of each thread's part of a batch, see ``DataParallel``;
+    the results then depend on the number of threads); eval_images (the test images evaluated
+    after each epoch); seed (shuffling and augmentation).
     threads: for ``DataParallel`` (None: the usable cores); checkpoint (a file path or None);
     on_epoch_end (called with the trainer at the end of each epoch, after its checkpoint).
     The model has ``params``, ``bn_params`` and ``loss``, as ``FastConvNet``.
     """
 
-    def __init__(self, model, data, epochs=8, batch_size=512, learning_rate=0.75, warmup=0.23,
+    def __init__(self, model, data, epochs=8, batch_size=512, learning_rate=1.2, warmup=0.23,
                  lr_start=0.2, lr_end=0.07, momentum=0.85, weight_decay=1.3e-3, bn_scale_lr=0.0,
-                 bn_bias_lr=64.0, pad=4, reflect=True, alternate_flips=True, eval_images=1000,
-                 seed=0, threads=None, checkpoint=None, on_epoch_end=None, verbose=True):
+                 bn_bias_lr=64.0, pad=2, reflect=True, alternate_flips=True, lookahead=True,
+                 ghost_bn=False, eval_images=1000, seed=0, threads=None, checkpoint=None,
+                 on_epoch_end=None, verbose=True):
         settings = _check_settings(dict(
             epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, warmup=warmup,
             lr_start=lr_start, lr_end=lr_end, momentum=momentum, weight_decay=weight_decay,
             bn_scale_lr=bn_scale_lr, bn_bias_lr=bn_bias_lr, pad=pad, reflect=reflect,
-            alternate_flips=alternate_flips, eval_images=eval_images, seed=seed))
+            alternate_flips=alternate_flips, lookahead=lookahead, ghost_bn=ghost_bn,
+            eval_images=eval_images, seed=seed))
         _check_data(data, settings["batch_size"])
-        self.model, self.data, self.parallel = model, data, DataParallel(model, threads)
+        self.model, self.data = model, data
+        self.parallel = DataParallel(model, threads, sync_bn=not settings["ghost_bn"])
         model_settings = {k: np.asarray(getattr(model, k, None)).tolist()  # JSON-able
-                          for k in ("widths", "smoothing", "scale")}
+                          for k in ("widths", "smoothing", "scale", "dirac", "bn_momentum",
+                                    "head_pool")}
         self.settings = dict(settings, model=type(model).__name__, n_train=len(data["X_train"]),
                              **model_settings)
         self.epochs, self.batch_size = settings["epochs"], settings["batch_size"]
@@ -346,17 +378,18 @@ class Trainer:
         self.total_steps = self.epochs * self.steps_per_epoch
         self.rng = np.random.default_rng(settings["seed"])
         first_flips = np.random.default_rng([settings["seed"], 1]).random(len(data["X_train"]))
-        self.first_flips = first_flips < 0.5  # alternate_flips: mirrored in the odd epochs
+        self.first_flips = first_flips < 0.5  # alternate_flips: mirrored in epochs 1, 3, 5, ...
         self.rates = {name: settings["bn_scale_lr"] if name.startswith("gamma") else
                       settings["bn_bias_lr"] if name.startswith("beta") else 1.0
                       for name in model.params}
         self.configs = {name: {"momentum": settings["momentum"],
                                "weight_decay": settings["weight_decay"] / rate if rate else 0.0}
                         for name, rate in self.rates.items()}
+        self.slow = {}  # lookahead: the slow copy of every averaged array
         self.epoch, self.step = 0, 0
         self.history = {"loss": [], "train_acc": [], "test_acc": [], "lr": [], "seconds": []}
 
-    # ---- book/fast_training.md:1842 ----
+    # ---- book/fast_training.md:2046 ----
     def train_epoch(self):
         """One pass over the shuffled, augmented training images; returns (mean loss, accuracy).
         Raises TrainingDiverged before an update whose loss or gradients are not finite."""
@@ -381,7 +414,7 @@ class Trainer:
             bar.close()
         return float(np.mean(losses)), correct / (self.steps_per_epoch * bs)
 
-    # ---- book/fast_training.md:1868 ----
+    # ---- book/fast_training.md:2072 ----
     def train_step(self, X_batch, y_batch):
         """One step of SGD on a normalized batch X_batch (N, H, W, C) float32; returns the loss."""
         loss, grads = self.parallel.loss(X_batch, y_batch)
@@ -392,16 +425,18 @@ class Trainer:
             new, self.configs[name] = optim.sgd_nesterov(param, grads[name], self.configs[name])
             param[...] = new                      # in place: the model keeps its arrays
         self.step += 1
+        if self.settings["lookahead"]:
+            self._lookahead()
         return float(loss)
 
-    # ---- book/fast_training.md:1882 ----
+    # ---- book/fast_training.md:2088 ----
     def learning_rate(self):
         """The learning rate of the current step (``one_cycle_lr`` with this run's settings)."""
         s = self.settings
         return one_cycle_lr(self.step, self.total_steps, s["learning_rate"], s["warmup"],
                             s["lr_start"], s["lr_end"])
 
-    # ---- book/fast_training.md:1890 ----
+    # ---- book/fast_training.md:2096 ----
     def _check_finite(self, loss, grads):
         """TrainingDiverged unless the loss and the gradients of the current step are finite."""
         bad = [name for name, g in grads.items() if not np.isfinite(g).all()]
@@ -417,7 +452,35 @@ class Trainer:
         f"{self.steps_per_epoch} (step {self.step + 1} of the run): the loss is {float(loss)}"
         f"{grads_text}; the parameters were not updated with this step's gradients{kept}")
 
-    # ---- book/fast_training.md:1916 ----
+    # ---- book/fast_training.md:2125 ----
+    def _averaged_arrays(self):
+        """The arrays lookahead averages, by checkpoint name: the parameters and the batch-norm
+        running averages (which exist after the first step)."""
+        arrays = {f"param/{k}": v for k, v in self.model.params.items()}
+        arrays.update({f"bn/{name}/{k}": v for name, bn in self.model.bn_params.items()
+                       for k, v in bn.items() if k.startswith("running_")})
+        return arrays
+
+    # ---- book/fast_training.md:2135 ----
+    def _lookahead(self):
+        """After step ``self.step``: every 5 steps, slow += (1 - decay) * (weights - slow), then
+        weights = slow, with decay = 0.95**5 * (step / total)**3; after the last step, weights = slow
+        (the steps since the last pull are dropped, as in airbench)."""
+        arrays = self._averaged_arrays()
+        for key, fast in arrays.items():
+            if key not in self.slow:            # the first step: the slow copy starts equal
+                self.slow[key] = fast.copy()
+        if self.step % 5 == 0:
+            decay = 0.95**5 * (self.step / self.total_steps) ** 3
+            for key, fast in arrays.items():
+                slow = self.slow[key]
+                slow += (1 - decay) * (fast - slow)
+                fast[...] = slow
+        if self.step == self.total_steps:       # the end: the weights are the slow copy
+            for key, fast in arrays.items():
+                fast[...] = self.slow[key]
+
+    # ---- book/fast_training.md:2164 ----
     def state(self):
         """The training state as (arrays, meta) for ``save_checkpoint``."""
         arrays = {f"param/{k}": v for k, v in self.model.params.items()}
@@ -425,13 +488,14 @@ class Trainer:
                        if "velocity" in c})
         arrays.update({f"bn/{name}/{k}": v for name, bn in self.model.bn_params.items()
                        for k, v in bn.items() if k.startswith("running_")})
+        arrays.update({f"slow/{k}": v for k, v in self.slow.items()})
         if getattr(self.model, "whitening", None) is not None:  # fixed, but part of the model
             arrays["fixed/whitening"] = self.model.whitening
         meta = {"settings": self.settings, "data": self.data_fingerprint, "epoch": self.epoch,
                 "step": self.step, "history": self.history, "rng": self.rng.bit_generator.state}
         return arrays, meta
 
-    # ---- book/fast_training.md:1931 ----
+    # ---- book/fast_training.md:2180 ----
     def _expected_arrays(self, trained):
         """Array name -> (shape, dtype) of this trainer's checkpoints; ``trained``: after the first
         step, which creates the velocities and the batch-norm running averages."""
@@ -441,11 +505,14 @@ class Trainer:
             like.update({f"velocity/{k}": v for k, v in p.items()})
             like.update({f"bn/{name}/{stat}": p[f"gamma{name}"] for name in self.model.bn_params
                          for stat in ("running_mean", "running_var")})
+            if self.settings["lookahead"]:
+                like.update({f"slow/{k}": v for k, v in list(like.items())
+                             if k.startswith(("param/", "bn/"))})
         if getattr(self.model, "whitening", None) is not None:
             like["fixed/whitening"] = self.model.whitening
         return {k: (v.shape, v.dtype) for k, v in like.items()}
 
-    # ---- book/fast_training.md:1978 ----
+    # ---- book/fast_training.md:2230 ----
     def _check_run(self, meta, source):
         """CheckpointError unless the header ``meta`` has this run's entries, data and settings."""
         own = self.state()[1]
@@ -462,7 +529,7 @@ class Trainer:
             raise _refused(source, "settings", f"are those of another run: {meta['settings']}, "
                        f"not this run's {self.settings}")
 
-    # ---- book/fast_training.md:1996 ----
+    # ---- book/fast_training.md:2248 ----
     def _check_progress(self, meta, source):
         """CheckpointError unless epoch, step and history of ``meta`` fit this trainer."""
         epoch, step, history = meta["epoch"], meta["step"], meta["history"]
@@ -480,7 +547,7 @@ class Trainer:
                 count = " or ".join(map(str, lengths))
                 raise _refused(source, f"history/{key}", f"is not a list of {count} finite numbers")
 
-    # ---- book/fast_training.md:2015 ----
+    # ---- book/fast_training.md:2267 ----
     def _check_arrays(self, arrays, step, source):
         """CheckpointError unless ``arrays`` are exactly those of this model's state at ``step``,
         with their shapes and dtypes, finite, and this model's whitening filters."""
@@ -501,7 +568,7 @@ class Trainer:
                                                               self.model.whitening):
             raise _refused(source, "fixed/whitening", "differs from this model's whitening filters")
 
-    # ---- book/fast_training.md:2037 ----
+    # ---- book/fast_training.md:2289 ----
     def _check_rng(self, rng_state, source):
         """CheckpointError unless ``rng_state`` is a state a generator like ``self.rng`` takes as is."""
         probe = type(self.rng.bit_generator)()
@@ -513,7 +580,7 @@ class Trainer:
             raise _refused(source, "rng", f"is not a {type(probe).__name__} state: it would be read "
                        f"as {probe.state}")
 
-    # ---- book/fast_training.md:2057 ----
+    # ---- book/fast_training.md:2309 ----
     def restore(self, arrays, meta, source="checkpoint"):
         """Continue from a state made by ``state()`` of a run with the same data, settings and model.
         Everything is checked first: CheckpointError (naming ``source`` and the entry) and no change
@@ -534,11 +601,12 @@ class Trainer:
                 bn.pop(stat, None)
                 if trained:
                     bn[stat] = arrays[f"bn/{name}/{stat}"].copy()
+        self.slow = {k[len("slow/"):]: v.copy() for k, v in arrays.items() if k.startswith("slow/")}
         self.epoch, self.step = meta["epoch"], meta["step"]
         self.history = {key: list(meta["history"][key]) for key in self.history}
         self.rng.bit_generator.state = meta["rng"]
 
-    # ---- book/fast_training.md:2097 ----
+    # ---- book/fast_training.md:2350 ----
     def train(self):
         """Run (or resume) the training; returns the history dict."""
         if self.checkpoint is not None and Path(self.checkpoint).exists():
@@ -566,16 +634,14 @@ class Trainer:
                 self.on_epoch_end(self)
         return self.history
 
-    # ---- book/fast_training.md:2126 ----
+    # ---- book/fast_training.md:2379 ----
     def evaluate(self):
         """Accuracy of the model as it is on the first ``eval_images`` test images (no test-time
         augmentation): a cheap learning curve; the full test set is for the end of the run."""
         n = self.settings["eval_images"]
-        if n == 0:
-            return math.nan
         return self.accuracy(self.data["X_test"][:n], self.data["y_test"][:n], tta=0)
 
-    # ---- book/fast_training.md:2136 ----
+    # ---- book/fast_training.md:2387 ----
     def _record_test_acc(self):
         """Evaluate, add the test accuracy of the last epoch to the history, save; return it."""
         test_acc = self.evaluate()
@@ -583,44 +649,47 @@ class Trainer:
         self._save()
         return test_acc
 
-    # ---- book/fast_training.md:2145 ----
+    # ---- book/fast_training.md:2396 ----
     def _save(self):
         if self.checkpoint is not None:
             save_checkpoint(self.checkpoint, *self.state())
 
-    # ---- book/fast_training.md:2151 ----
+    # ---- book/fast_training.md:2402 ----
     def _print(self, message):
         if self.verbose:
             print(message, flush=True)
 
-    # ---- book/fast_training.md:2171 ----
-    def predict(self, X, tta=2, batch_size=1000):
+    # ---- book/fast_training.md:2422 ----
+    def predict(self, X, tta=2, batch_size=1000, every_level=False):
         """Class scores (N, num_classes) of uint8 images X (N, H, W, C) with test-time augmentation
-        tta: 0 none, 1 the mean over the image and its mirror image, 2 also views shifted by a pixel."""
+        tta: 0 none, 1 the mean over the image and its mirror image, 2 also views shifted by a pixel.
+        every_level: return {level: scores} for every level up to tta, from the same views."""
         if isinstance(tta, bool) or tta not in (0, 1, 2):
             raise ValueError(f"Trainer.predict: tta must be 0, 1 or 2, got {tta!r}")
-        out = []
+        out = {level: [] for level in range(tta + 1)}
         for i in range(0, len(X), batch_size):
             x = normalize(X[i:i + batch_size], self.mean, self.std)
-            views = [[x]]
-            if tta == 2:
+            views = [x] + ([x[:, :, ::-1]] if tta else [])
+            if tta == 2:  # shifted one pixel up-left and down-right, border mirrored, and mirrored
                 padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
-                views.append([padded[:, s:s + x.shape[1], s:s + x.shape[2]] for s in (0, 2)])
-            group_scores = []
-            for group in views:  # each view and, with tta, its mirror image
-                images = group + ([v[:, :, ::-1] for v in group] if tta else [])
-                group_scores.append(np.mean([self.parallel.loss(np.ascontiguousarray(v))
-                                             for v in images], axis=0))
-            out.append(np.mean(group_scores, axis=0))
-        return np.concatenate(out)
+                shifted = [padded[:, s:s + x.shape[1], s:s + x.shape[2]] for s in (0, 2)]
+                views += shifted + [v[:, :, ::-1] for v in shifted]
+            s = [self.parallel.loss(np.ascontiguousarray(v)) for v in views]
+            out[0].append(s[0])
+            if tta:
+                out[1].append((s[0] + s[1]) / 2)
+            if tta == 2:
+                out[2].append((s[0] + s[1]) / 4 + (s[2] + s[3] + s[4] + s[5]) / 8)
+        scores = {level: np.concatenate(parts) for level, parts in out.items()}
+        return scores if every_level else scores[tta]
 
-    # ---- book/fast_training.md:2193 ----
+    # ---- book/fast_training.md:2447 ----
     def accuracy(self, X, y, tta=2):
         """Fraction of the images X whose highest score (``predict`` with ``tta``) is their label y."""
         return float((self.predict(X, tta).argmax(axis=1) == y).mean())
 
 
-# ---- book/fast_training.md:1834 ----
+# ---- book/fast_training.md:2038 ----
 import time
 
 
@@ -628,13 +697,13 @@ class TrainingDiverged(RuntimeError):
     """The loss or a gradient of a training step is nan or infinite (the training diverged)."""
 
 
-# ---- book/fast_training.md:1972 ----
+# ---- book/fast_training.md:2224 ----
 def _refused(source, entry, problem):
     """The CheckpointError for the entry ``entry`` of the checkpoint ``source``."""
     return CheckpointError(f"{source}: {entry!r} {problem}")
 
 
-# ---- book/fast_training.md:2167 ----
+# ---- book/fast_training.md:2418 ----
 import os
 
 
@@ -649,7 +718,7 @@ def _progress_bar(total, desc):
     return tqdm(total=total, desc=desc, unit="batch", leave=False)
 
 
-# ---- book/fast_training.md:2222 ----
+# ---- book/fast_training.md:2477 ----
 import ctypes
 import sys
 

@@ -718,7 +718,7 @@ def _progress_bar(total, desc):
     return tqdm(total=total, desc=desc, unit="batch", leave=False)
 
 
-# ---- book/fast_training.md:2477 ----
+# ---- book/fast_training.md:2483 ----
 import ctypes
 import sys
 

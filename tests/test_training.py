@@ -60,8 +60,6 @@ def _trainer(data=None, widths=(4, 4, 4), **settings):
     return Trainer(_model(data, widths), data, **settings)
 
 
-
-
 # ---------------------------------------------------------------- kill and resume
 
 TRAIN_SCRIPT = """\

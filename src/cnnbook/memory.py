@@ -3,7 +3,7 @@
 # Chapters: book/memory.md
 
 
-# ---- book/memory.md:60 ----
+# ---- book/memory.md:67 ----
 import numbers
 
 import numpy as np
@@ -32,7 +32,7 @@ def _check_memory_args(batch_size, dtype, optimizer, data_copies, block):
     return dtype.itemsize
 
 
-# ---- book/memory.md:96 ----
+# ---- book/memory.md:103 ----
 import math
 
 from cnnbook.architectures import check_spec, layer_table
@@ -56,7 +56,7 @@ def _layer_sizes(spec, relu_inplace):
     return rows, sizes
 
 
-# ---- book/memory.md:122 ----
+# ---- book/memory.md:129 ----
 def memory_estimate(spec, batch_size, dtype=np.float32, optimizer="sgd_momentum", data_copies=1,
                     relu_inplace=True, im2col=False, im2col_grad_block=None):
     """Predicted memory, in bytes, of training and of inference for the network ``spec``.
@@ -99,7 +99,7 @@ def memory_estimate(spec, batch_size, dtype=np.float32, optimizer="sgd_momentum"
     return {**parts, **total}
 
 
-# ---- book/memory.md:392 ----
+# ---- book/memory.md:447 ----
 def max_batch_size(spec, memory_bytes, **kwargs):
     """The largest batch whose predicted training memory, ``memory_estimate(spec, batch,
     **kwargs)["train"]``, fits in ``memory_bytes``; 0 if not even one example fits."""

@@ -449,7 +449,7 @@ def batchnorm_backward_alt(dout, cache):
     return dx, dgamma, dbeta
 
 
-# ---- book/normalization.md:783 ----
+# ---- book/normalization.md:781 ----
 import numpy as np
 
 
@@ -485,7 +485,7 @@ def spatial_batchnorm_backward(dout, cache):
     return dx, dgamma, dbeta
 
 
-# ---- book/normalization.md:898 ----
+# ---- book/normalization.md:896 ----
 import numpy as np
 
 
@@ -516,7 +516,7 @@ def standardize_backward(dxhat, xhat, inv_std, axis):
     return inv_std * (dxhat - mean_dxhat - xhat * (dxhat * xhat).mean(axis=axis, keepdims=True))
 
 
-# ---- book/normalization.md:970 ----
+# ---- book/normalization.md:968 ----
 import numpy as np
 
 
@@ -550,7 +550,7 @@ def layernorm_backward(dout, cache):
     return dx, dgamma, dbeta
 
 
-# ---- book/normalization.md:1052 ----
+# ---- book/normalization.md:1050 ----
 import numbers
 
 
@@ -562,7 +562,7 @@ def _norm_check_groups(name, G, C):
     return int(G)
 
 
-# ---- book/normalization.md:1066 ----
+# ---- book/normalization.md:1064 ----
 import numpy as np
 
 
@@ -602,7 +602,7 @@ def spatial_groupnorm_backward(dout, cache):
     return dx.reshape(xhat.shape), dgamma, dbeta
 
 
-# ---- book/dropout.md:165 ----
+# ---- book/dropout.md:166 ----
 import numbers
 
 import numpy as np
@@ -640,7 +640,7 @@ def _dropout_check_dout(dout, mask):
     return dout
 
 
-# ---- book/dropout.md:210 ----
+# ---- book/dropout.md:211 ----
 def dropout_forward(x, dropout_param):
     """Forward pass of (inverted) dropout.
 
@@ -680,7 +680,7 @@ def dropout_forward(x, dropout_param):
     return out, cache
 
 
-# ---- book/dropout.md:259 ----
+# ---- book/dropout.md:260 ----
 def dropout_backward(dout, cache):
     """Backward pass of (inverted) dropout.
 

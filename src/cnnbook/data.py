@@ -442,7 +442,7 @@ def _note_copy(directory):
     return fingerprint
 
 
-# ---- book/cifar10.md:853 ----
+# ---- book/cifar10.md:852 ----
 import numbers
 
 import numpy as np
@@ -474,7 +474,7 @@ def _check_split_sizes(num_training, num_validation, num_test, n_train, n_test):
         )
 
 
-# ---- book/cifar10.md:887 ----
+# ---- book/cifar10.md:886 ----
 import numpy as np
 
 

@@ -264,7 +264,7 @@ def softmax_loss(x, y):
     return loss, dx
 
 
-# ---- book/normalization.md:194 ----
+# ---- book/normalization.md:193 ----
 import numpy as np
 
 
@@ -340,7 +340,7 @@ def _bn_inputs(name, x, gamma, beta, bn_param):
     return x, gamma, beta, param
 
 
-# ---- book/normalization.md:281 ----
+# ---- book/normalization.md:280 ----
 import numpy as np
 
 
@@ -357,7 +357,8 @@ def batchnorm_forward(x, gamma, beta, bn_param):
     dtype, and a cache for ``batchnorm_backward`` and ``batchnorm_backward_alt``: a dict with at
     least 'mode', 'gamma', 'xhat' (N, D) and 'inv_std' (D,), ``1 / sqrt(var + eps)`` of the batch
     (train) or of the running variance (test); later cells read cache['xhat'] and
-    cache['inv_std']. In train mode, add what your staged backward pass needs.
+    cache['inv_std']. In train mode the cache also holds 'xc' (x - mean, (N, D)) and 'std'
+    (sqrt(var + eps), (D,)), which ``batchnorm_backward`` differentiates through.
     """
     x, gamma, beta, param = _bn_inputs("batchnorm_forward", x, gamma, beta, bn_param)
     mode, eps, momentum, running_mean, running_var = param
@@ -448,7 +449,7 @@ def batchnorm_backward_alt(dout, cache):
     return dx, dgamma, dbeta
 
 
-# ---- book/normalization.md:782 ----
+# ---- book/normalization.md:781 ----
 import numpy as np
 
 
@@ -484,7 +485,7 @@ def spatial_batchnorm_backward(dout, cache):
     return dx, dgamma, dbeta
 
 
-# ---- book/normalization.md:897 ----
+# ---- book/normalization.md:896 ----
 import numpy as np
 
 
@@ -515,7 +516,7 @@ def standardize_backward(dxhat, xhat, inv_std, axis):
     return inv_std * (dxhat - mean_dxhat - xhat * (dxhat * xhat).mean(axis=axis, keepdims=True))
 
 
-# ---- book/normalization.md:969 ----
+# ---- book/normalization.md:968 ----
 import numpy as np
 
 
@@ -549,7 +550,7 @@ def layernorm_backward(dout, cache):
     return dx, dgamma, dbeta
 
 
-# ---- book/normalization.md:1051 ----
+# ---- book/normalization.md:1050 ----
 import numbers
 
 
@@ -561,7 +562,7 @@ def _norm_check_groups(name, G, C):
     return int(G)
 
 
-# ---- book/normalization.md:1065 ----
+# ---- book/normalization.md:1064 ----
 import numpy as np
 
 
@@ -601,7 +602,7 @@ def spatial_groupnorm_backward(dout, cache):
     return dx.reshape(xhat.shape), dgamma, dbeta
 
 
-# ---- book/dropout.md:161 ----
+# ---- book/dropout.md:166 ----
 import numbers
 
 import numpy as np
@@ -639,7 +640,7 @@ def _dropout_check_dout(dout, mask):
     return dout
 
 
-# ---- book/dropout.md:206 ----
+# ---- book/dropout.md:211 ----
 def dropout_forward(x, dropout_param):
     """Forward pass of (inverted) dropout.
 
@@ -679,7 +680,7 @@ def dropout_forward(x, dropout_param):
     return out, cache
 
 
-# ---- book/dropout.md:255 ----
+# ---- book/dropout.md:260 ----
 def dropout_backward(dout, cache):
     """Backward pass of (inverted) dropout.
 

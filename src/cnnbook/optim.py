@@ -219,7 +219,7 @@ def rmsprop(w, dw, config=None):
     return next_w.astype(w.dtype, copy=False), config
 
 
-# ---- book/optimizers.md:463 ----
+# ---- book/optimizers.md:465 ----
 import numpy as np
 
 
@@ -271,7 +271,7 @@ def adam(w, dw, config=None):
     return next_w.astype(w.dtype, copy=False), config
 
 
-# ---- book/optimizers.md:891 ----
+# ---- book/optimizers.md:930 ----
 #: Number of arrays of the shape of a parameter that each update rule keeps in ``config``
 #: (Adam's step counter ``t`` is a scalar and is not counted).
 STATE_PER_PARAMETER = {"sgd": 0, "sgd_momentum": 1, "rmsprop": 1, "adam": 2}

@@ -122,3 +122,20 @@ def test_missing_reference_is_refused(tmp_path):
     path.write_text(CHAPTER)
     proc = run_pytest(path)
     assert proc.returncode != 0 and "has no reference outputs" in proc.stdout, proc.stdout
+
+
+def test_kernels_use_the_avx2_code_paths_unless_told_otherwise(monkeypatch):
+    """On an x86-64 machine with AVX2, a chapter's kernel gets OpenBLAS's Haswell kernels and
+    NumPy without its AVX-512 loops (the references' round-off); a variable set by the user
+    wins; a machine without AVX2 gets neither."""
+    import chapters
+
+    monkeypatch.setattr(chapters, "_has_avx2", lambda: True)
+    env = chapters.kernel_environment(base={})
+    assert env["OPENBLAS_CORETYPE"] == "Haswell" and env["OPENBLAS_NUM_THREADS"] == "2"
+    assert "X86_V4" in env["NPY_DISABLE_CPU_FEATURES"].split()
+    env = chapters.kernel_environment(base={"OPENBLAS_CORETYPE": "SkylakeX"})
+    assert env["OPENBLAS_CORETYPE"] == "SkylakeX"
+    monkeypatch.setattr(chapters, "_has_avx2", lambda: False)
+    env = chapters.kernel_environment(base={})
+    assert "OPENBLAS_CORETYPE" not in env and "NPY_DISABLE_CPU_FEATURES" not in env

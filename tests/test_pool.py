@@ -7,6 +7,8 @@ from hypothesis import strategies as st
 from cnnbook.fast_layers import (
     avg_pool_backward_fast,
     avg_pool_forward_fast,
+    col2im,
+    im2col,
     max_pool_backward_fast,
     max_pool_forward_fast,
 )
@@ -114,6 +116,26 @@ def test_fast_layers_accept_non_contiguous_input():
         assert np.allclose(out_naive, out_fast)
         dout = np.ones(out_naive.shape)
         assert np.allclose(naive_b(dout, cache_naive), fast_b(dout, cache_fast))
+
+
+@settings(max_examples=100, deadline=None)
+@given(pool_cases())
+def test_max_pool_equals_the_maximum_of_im2col_columns(case):
+    """An independent route (book/pooling.md): every depth slice as an example of one channel,
+    one window per im2col column; the argmax of a column is the first maximum in row-major order."""
+    x, pool = case
+    N, C, H, W = x.shape
+    F_h, F_w, S = pool["pool_height"], pool["pool_width"], pool["stride"]
+    out, cache = max_pool_forward_fast(x, pool)
+    cols = im2col(x.reshape(N * C, 1, H, W), F_h, F_w, S, 0)
+    rows, columns = cols.argmax(axis=0), np.arange(cols.shape[1])
+    assert np.array_equal(cols[rows, columns].reshape(out.shape), out)
+    dout = np.random.default_rng(x.size).standard_normal(out.shape).astype(x.dtype)
+    dcols = np.zeros_like(cols)
+    dcols[rows, columns] = dout.ravel()
+    dx = col2im(dcols, (N * C, 1, H, W), F_h, F_w, S, 0).reshape(x.shape)
+    tol = 1e-5 if x.dtype == np.float32 else 1e-12
+    assert np.allclose(dx, max_pool_backward_fast(dout, cache), rtol=tol, atol=tol)
 
 
 # ------------------------------------------------------------------ properties

@@ -94,7 +94,7 @@ def conv_backward_fast(dout, cache):
     return dx, dw, db
 
 
-# ---- book/pooling.md:520 ----
+# ---- book/pooling.md:538 ----
 import numpy as np
 
 
@@ -116,7 +116,7 @@ def _pool_views(x, PH, PW, S, H_out, W_out):
     return [x[:, :, a:a + rows:S, b:b + cols:S] for a in range(PH) for b in range(PW)]
 
 
-# ---- book/pooling.md:573 ----
+# ---- book/pooling.md:591 ----
 import numpy as np
 
 from cnnbook.layers import _pool_check_dout, _pool_check_input
@@ -161,7 +161,7 @@ def max_pool_backward_fast(dout, cache):
     return dx
 
 
-# ---- book/pooling.md:623 ----
+# ---- book/pooling.md:641 ----
 import numpy as np
 
 from cnnbook.layers import _pool_check_dout, _pool_check_input

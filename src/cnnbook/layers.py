@@ -863,7 +863,7 @@ def conv_backward_naive(dout, cache):
     return dx_pad[:, :, P:P + H, P:P + W], dw_rows.reshape(w.shape), db
 
 
-# ---- book/pooling.md:151 ----
+# ---- book/pooling.md:160 ----
 import numbers
 
 import numpy as np
@@ -912,7 +912,7 @@ def _pool_check_dout(name, dout, shape, dtype):
     return dout.astype(dtype, copy=False)
 
 
-# ---- book/pooling.md:206 ----
+# ---- book/pooling.md:215 ----
 import numpy as np
 
 
@@ -945,7 +945,7 @@ def max_pool_forward_naive(x, pool_param):
     return out, cache
 
 
-# ---- book/pooling.md:300 ----
+# ---- book/pooling.md:309 ----
 import numpy as np
 
 
@@ -984,7 +984,7 @@ def max_pool_backward_naive(dout, cache):
     return dx
 
 
-# ---- book/pooling.md:435 ----
+# ---- book/pooling.md:453 ----
 import numpy as np
 
 

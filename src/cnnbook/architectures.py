@@ -291,8 +291,8 @@ def pattern_spec(N, M, K, input_shape=(3, 32, 32), filters=32, filter_size=3, hi
 
     ``filters`` is the number of filters of every conv layer, or a list of M numbers, one per
     stage; the conv layers have stride 1 and pad (filter_size - 1) // 2, which keeps the size
-    for an odd filter_size. With ``pool`` each stage ends in a 2x2 max pool of stride 2. ``hidden`` is the width of the K hidden FC
-    layers, ``num_classes`` that of the last one. Raises ValueError for counts that are not
+    for an odd filter_size. With ``pool`` each stage ends in a 2x2 max pool of stride 2.
+    ``hidden`` is the width of the K hidden FC layers, ``num_classes`` that of the last one. Raises ValueError for counts that are not
     integers >= 0; warns (UserWarning) for N > 3 or K >= 3.
     """
     filters = _check_pattern(N, M, K, filters)

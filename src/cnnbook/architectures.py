@@ -292,8 +292,9 @@ def pattern_spec(N, M, K, input_shape=(3, 32, 32), filters=32, filter_size=3, hi
     ``filters`` is the number of filters of every conv layer, or a list of M numbers, one per
     stage; the conv layers have stride 1 and pad (filter_size - 1) // 2, which keeps the size
     for an odd filter_size. With ``pool`` each stage ends in a 2x2 max pool of stride 2.
-    ``hidden`` is the width of the K hidden FC layers, ``num_classes`` that of the last one. Raises ValueError for counts that are not
-    integers >= 0; warns (UserWarning) for N > 3 or K >= 3.
+    ``hidden`` is the width of the K hidden FC layers, ``num_classes`` that of the last one.
+    Raises ValueError for counts that are not integers >= 0; warns (UserWarning) for N > 3 or
+    K >= 3.
     """
     filters = _check_pattern(N, M, K, filters)
     spec = [input_layer(*input_shape)]
@@ -310,7 +311,7 @@ def pattern_spec(N, M, K, input_shape=(3, 32, 32), filters=32, filter_size=3, hi
 pool_layer = pool  # the argument ``pool`` of pattern_spec hides the function of that name
 
 
-# ---- book/architectures.md:534 ----
+# ---- book/architectures.md:535 ----
 def _check_buildable(layers):
     """Raise ValueError, naming the layer, for what SpecNet cannot run."""
     for i, layer in enumerate(layers[1:], start=1):
@@ -328,7 +329,7 @@ def _check_buildable(layers):
         raise ValueError(f"SpecNet: the last layer ({layers[-1]['name']}) must be fc, the scores")
 
 
-# ---- book/architectures.md:554 ----
+# ---- book/architectures.md:555 ----
 import math
 
 import numpy as np
@@ -369,7 +370,7 @@ class SpecNet:
                 self.params[f"b{i}"] = np.zeros(units, dtype=dtype)
             self.layers.append((layer["kind"], layer, i))
 
-    # ---- book/architectures.md:606 ----
+    # ---- book/architectures.md:607 ----
     def _forward(self, kind, layer, i, x):
         """One layer's forward pass: (out, cache)."""
         if kind == "relu":
@@ -384,7 +385,7 @@ class SpecNet:
             return fast_layers.conv_forward_fast(x, W, b, conv_param)
         return affine_forward(x, W, b)
 
-    # ---- book/architectures.md:622 ----
+    # ---- book/architectures.md:623 ----
     def _backward(self, kind, i, dout, cache, grads):
         """One layer's backward pass: the gradient of its input; stores dW{i}, db{i} in grads."""
         if kind == "relu":
@@ -395,7 +396,7 @@ class SpecNet:
         dx, grads[f"W{i}"], grads[f"b{i}"] = backward(dout, cache)
         return dx
 
-    # ---- book/architectures.md:641 ----
+    # ---- book/architectures.md:642 ----
     def loss(self, X, y=None):
         """Scores (N, num_classes) if y is None; else (loss, grads), grads keyed like params.
 
@@ -426,17 +427,17 @@ class SpecNet:
         return loss, grads
 
 
-# ---- book/architectures.md:601 ----
+# ---- book/architectures.md:602 ----
 from cnnbook import fast_layers
 from cnnbook.layers import affine_backward, affine_forward, relu_backward, relu_forward
 
 
-# ---- book/architectures.md:636 ----
+# ---- book/architectures.md:637 ----
 from cnnbook.classifiers import _check_batch
 from cnnbook.layers import softmax_loss
 
 
-# ---- book/architectures.md:760 ----
+# ---- book/architectures.md:761 ----
 def receptive_field(spec):
     """Receptive field along one axis, in input pixels, of one unit of the last layer of a spec
     of conv, relu, pool and avgpool layers: r = 1 + sum_l (k_l - 1) * (product of the strides
@@ -454,7 +455,7 @@ def receptive_field(spec):
     return field
 
 
-# ---- book/architectures.md:813 ----
+# ---- book/architectures.md:814 ----
 import tracemalloc
 
 
@@ -477,7 +478,7 @@ def traced_memory(fn, *args, **kwargs):
     return result, peak - base, current - base
 
 
-# ---- book/architectures.md:947 ----
+# ---- book/architectures.md:948 ----
 def _conv_rules(layer, in_shape, out_shape, first_conv):
     """The messages of the sizing rules a conv layer breaks."""
     name, F, S, P = layer["name"], layer["size"], layer["stride"], layer["pad"]
@@ -507,7 +508,7 @@ def _window_rounds(layer, in_shape):
             f"the spec rounds the output size {'down' if layer['rounding'] == 'floor' else 'up'}"]
 
 
-# ---- book/architectures.md:979 ----
+# ---- book/architectures.md:980 ----
 def check_sizing_rules(spec, min_halvings=4):
     """Check a spec against the sizing rules of the cs231n notes; return a list of messages,
     one per rule a layer breaks, each naming the layer (empty: all rules hold).
@@ -549,7 +550,7 @@ def _layer_rules(layers, rows, prefix, convs):
     return found
 
 
-# ---- book/architectures.md:1149 ----
+# ---- book/architectures.md:1150 ----
 def lenet5():
     """LeNet-5 (LeCun et al., 1998), with layer names C1 ... F6 as in the paper."""
     return [input_layer(1, 32), conv(6, 5, name="C1"), relu(), pool(2, name="S2"),
@@ -589,7 +590,7 @@ def vgg16(num_classes=1000):
                    fc(num_classes, name="fc8")]
 
 
-# ---- book/architectures.md:1191 ----
+# ---- book/architectures.md:1192 ----
 # GoogLeNet's inception modules (Szegedy et al., 2015, Table 1): #1x1, #3x3 reduce, #3x3,
 # #5x5 reduce, #5x5, pool proj.
 GOOGLENET_INCEPTION = {
@@ -614,7 +615,7 @@ def googlenet():
     return spec + [avgpool(7, 1, name="avgpool"), fc(1000, name="linear")]
 
 
-# ---- book/architectures.md:1488 ----
+# ---- book/architectures.md:1489 ----
 # Block types and the number of blocks per stage (conv2_x ... conv5_x), He et al. (2016), Table 1.
 RESNET_STAGES = {18: ("basic", (2, 2, 2, 2)), 34: ("basic", (3, 4, 6, 3)),
                  50: ("bottleneck", (3, 4, 6, 3)), 101: ("bottleneck", (3, 4, 23, 3)),

@@ -5,10 +5,11 @@ import warnings
 import numpy as np
 import pytest
 
-from cnnbook.architectures import (SpecNet, alexnet, avgpool, check_sizing_rules, check_spec,
-                                   conv, fc, format_table, googlenet, inception, input_layer,
-                                   layer_table, lenet5, pattern_spec, pool, receptive_field,
-                                   relu, table_totals, traced_memory, vgg16, zfnet)
+from cnnbook.architectures import (SpecNet, alexnet, avgpool, batchnorm, check_sizing_rules,
+                                   check_spec, conv, fc, format_table, googlenet, inception,
+                                   input_layer, layer_table, lenet5, pattern_spec, pool,
+                                   receptive_field, relu, residual, resnet, table_totals,
+                                   traced_memory, vgg16, zfnet)
 from cnnbook.gradient_check import eval_numerical_gradient, rel_error
 
 
@@ -71,6 +72,14 @@ def test_format_table_hides_relu_and_totals():
     ([input_layer(3, 4), conv(8, 7)], ["conv1", "larger than the padded input"]),
     ([], ["empty"]),
     ("conv", ["list"]),
+    ([input_layer(3, 32), conv(8, 3, bias="no")], ["conv1", "bias"]),
+    ([input_layer(3, 32), pool(2, pad=-1)], ["pool1", "pad"]),
+    ([input_layer(3, 32), residual([])], ["residual1", "no layers"]),
+    ([input_layer(3, 32), residual([conv(-1, 3)])], ["(residual1) body", "conv1", "filters"]),
+    ([input_layer(3, 32), residual([conv(8, 3, pad=1)])], ["residual1", "(8, 32, 32)",
+                                                            "(3, 32, 32)", "same shape"]),
+    ([input_layer(3, 32), residual([conv(3, 3, 2, 1, rounding="floor")], [pool(4)])],
+     ["residual1", "(3, 16, 16)", "(3, 8, 8)"]),
 ])
 def test_bad_specs_raise_naming_the_layer(spec, words):
     with pytest.raises(ValueError) as info:
@@ -157,6 +166,11 @@ def test_specnet_matches_three_layer_convnet():
 
 @pytest.mark.parametrize("spec, match", [
     ([input_layer(3, 8), inception(1, 1, 1, 1, 1, 1), fc(2)], "inception"),
+    ([input_layer(3, 8), batchnorm(), fc(2)], "batchnorm"),
+    ([input_layer(3, 8), residual([relu()]), fc(2)], "residual"),
+    ([input_layer(3, 8), conv(4, 3, pad=1, bias=False), fc(2)], "biases"),
+    ([input_layer(3, 8), pool(3, 2, pad=1, rounding="floor"), fc(2)], "rounding"),
+    ([input_layer(3, 9), pool(3, 2, pad=1), fc(2)], "padding"),
     ([input_layer(3, 8), conv(4, 3, groups=1, rounding="floor", stride=2), fc(2)], "rounding"),
     ([input_layer(4, 8), conv(4, 3, pad=1, groups=2), fc(2)], "groups"),
     ([input_layer(3, 8), conv(4, 3, pad=1)], "must be fc"),
@@ -198,6 +212,24 @@ def test_sizing_rules_name_each_broken_rule():
     assert "round" in messages[6]
 
 
+def test_pattern_breaks_rules_with_large_filters_or_small_inputs():
+    assert check_sizing_rules(pattern_spec(2, 3, 1, filter_size=5)) == []
+    assert len(check_sizing_rules(pattern_spec(2, 2, 1, filter_size=7))) == 3
+    assert check_sizing_rules(pattern_spec(2, 2, 1, input_shape=(1, 28, 28)))[0].startswith(
+        "input")
+    with pytest.raises(ValueError, match="does not tile"):
+        check_sizing_rules(pattern_spec(2, 2, 1, filter_size=4))
+
+
+def test_sizing_rules_look_inside_residual_blocks():
+    names = {m.split(":")[0] for m in check_sizing_rules(resnet(18))}
+    assert names == {"conv1", "pool1", *(f"conv{i}_1/{path}/conv1" for i in (3, 4, 5)
+                                         for path in ("body", "shortcut"))}
+    block = [input_layer(8, 16), residual([conv(8, 3, pad=1), batchnorm(), relu(),
+                                           conv(8, 3, pad=1), batchnorm()]), relu()]
+    assert check_sizing_rules(block) == []
+
+
 def test_first_layer_may_have_a_large_filter():
     spec = [input_layer(3, 32), conv(8, 7, pad=3), relu(), pool(2), fc(10)]
     assert check_sizing_rules(spec) == []
@@ -218,6 +250,54 @@ def test_case_study_totals_against_published_figures():
     assert abs(totals["googlenet"]["macs"] / 1.5e9 - 1) < 0.1
     zf = {r["name"]: r["shape"][1] for r in layer_table(zfnet())}
     assert [zf[n] for n in ("conv1", "pool1", "conv2", "pool2", "pool5")] == [110, 55, 26, 13, 6]
+
+
+def test_batchnorm_and_bias_free_conv_counts():
+    rows = layer_table([input_layer(3, 8), conv(4, 3, pad=1, bias=False), batchnorm()])
+    assert rows[1]["params"] == rows[1]["weights"] == 4 * 3 * 9 and rows[1]["biases"] == 0
+    assert (rows[2]["weights"], rows[2]["biases"], rows[2]["macs"]) == (4, 4, 0)
+    assert rows[2]["shape"] == (4, 8, 8) and rows[2]["activations"] == 4 * 8 * 8
+
+
+def test_residual_block_counts_both_paths_and_the_sum():
+    body = [conv(8, 3, 2, 1, rounding="floor", bias=False), batchnorm(), relu(),
+            conv(8, 3, pad=1, bias=False), batchnorm()]
+    shortcut = [conv(8, 1, 2, rounding="floor", bias=False), batchnorm()]
+    rows = layer_table([input_layer(4, 8), residual(body, shortcut, name="block")])
+    inner = layer_table([input_layer(4, 8), *body])[1:] + layer_table(
+        [input_layer(4, 8), *shortcut])[1:]
+    assert rows[1]["shape"] == (8, 4, 4) and rows[1]["name"] == "block"
+    for key in ("params", "weights", "biases", "macs"):
+        assert rows[1][key] == sum(r[key] for r in inner)
+    assert rows[1]["activations"] == sum(r["activations"] for r in inner) + 8 * 4 * 4
+    identity = layer_table([input_layer(8, 4), residual([conv(8, 3, pad=1)])])[1]
+    assert identity["params"] == 8 * 8 * 9 + 8 and identity["activations"] == 2 * 8 * 4 * 4
+
+
+def test_padded_pool_rounds_down_like_pytorch():
+    rows = layer_table([input_layer(64, 112), pool(3, 2, pad=1, rounding="floor")])
+    assert rows[1]["shape"] == (64, 56, 56)
+    with pytest.raises(ValueError, match="not an integer"):
+        layer_table([input_layer(64, 112), pool(3, 2, pad=1)])
+
+
+@pytest.mark.parametrize("depth, params, gmacs", [
+    (18, 11_689_512, 1.8), (34, 21_797_672, 3.6), (50, 25_557_032, 3.8),
+    (101, 44_549_160, 7.6), (152, 60_192_808, 11.3),
+])
+def test_resnet_counts_match_torchvision_and_table1(depth, params, gmacs):
+    totals = table_totals(layer_table(resnet(depth)))
+    assert totals["params"] == params  # torchvision's resnet{depth}
+    assert abs(totals["macs"] / (gmacs * 1e9) - 1) < 0.02  # He et al. (2016), Table 1
+    shapes = {r["name"]: r["shape"] for r in layer_table(resnet(depth))}
+    assert shapes["pool1"] == (64, 56, 56) and shapes["avgpool"][1:] == (1, 1)
+
+
+def test_resnet50_stride_placement_changes_macs_not_params():
+    a, b = (table_totals(layer_table(resnet(50, stride_in_3x3=s))) for s in (False, True))
+    assert a["params"] == b["params"] and 1.05 < b["macs"] / a["macs"] < 1.07
+    with pytest.raises(ValueError, match="depth"):
+        resnet(20)
 
 
 def test_googlenet_output_sizes_match_table1():

@@ -3,7 +3,7 @@
 # Chapters: book/architectures.md
 
 
-# ---- book/architectures.md:70 ----
+# ---- book/architectures.md:78 ----
 def _layer(kind, name=None, **fields):
     """A layer dict: ``{"kind": kind, **fields}``, plus ``"name"`` if one is given."""
     layer = {"kind": kind, **fields}
@@ -18,26 +18,28 @@ def input_layer(channels, height, width=None):
                   width=height if width is None else width)
 
 
-def conv(filters, size, stride=1, pad=0, groups=1, rounding="exact", name=None):
-    """``filters`` filters of ``size`` x ``size``; ``rounding`` is "exact", "floor" or "ceil"."""
+def conv(filters, size, stride=1, pad=0, groups=1, rounding="exact", name=None, bias=True):
+    """``filters`` filters of ``size`` x ``size``; ``rounding`` is "exact", "floor" or "ceil";
+    ``bias=False`` for a layer without biases (one followed by batch normalization)."""
     return _layer("conv", name, filters=filters, size=size, stride=stride, pad=pad,
-                  groups=groups, rounding=rounding)
+                  groups=groups, rounding=rounding, bias=bias)
 
 
 def relu(name=None):
     return _layer("relu", name)
 
 
-def pool(size=2, stride=None, rounding="exact", name=None):
-    """Max pooling over ``size`` x ``size`` windows; ``stride`` defaults to ``size``."""
+def pool(size=2, stride=None, rounding="exact", name=None, pad=0):
+    """Max pooling over ``size`` x ``size`` windows; ``stride`` defaults to ``size``; ``pad``
+    adds a border that no window maximum can come from."""
     return _layer("pool", name, size=size, stride=size if stride is None else stride,
-                  rounding=rounding)
+                  rounding=rounding, pad=pad)
 
 
-def avgpool(size, stride=None, rounding="exact", name=None):
+def avgpool(size, stride=None, rounding="exact", name=None, pad=0):
     """Average pooling over ``size`` x ``size`` windows; ``stride`` defaults to ``size``."""
     return _layer("avgpool", name, size=size, stride=size if stride is None else stride,
-                  rounding=rounding)
+                  rounding=rounding, pad=pad)
 
 
 def fc(units, name=None):
@@ -50,7 +52,20 @@ def inception(n1x1, n3x3_reduce, n3x3, n5x5_reduce, n5x5, pool_proj, name=None):
                   n5x5_reduce=n5x5_reduce, n5x5=n5x5, pool_proj=pool_proj)
 
 
-# ---- book/architectures.md:124 ----
+def batchnorm(name=None):
+    """Batch normalization of each channel (spatial batch normalization on a C x H x W volume),
+    with a trainable scale gamma and shift beta per channel."""
+    return _layer("batchnorm", name)
+
+
+def residual(body, shortcut=(), name=None):
+    """A residual block (He et al., 2016): ``body(x) + shortcut(x)``. ``body`` and ``shortcut``
+    are lists of layers (without an input layer) applied to the block's input; an empty
+    shortcut is the identity. Their outputs must have the same shape."""
+    return _layer("residual", name, body=list(body), shortcut=list(shortcut))
+
+
+# ---- book/architectures.md:148 ----
 import numbers
 
 # The integer fields of each kind of layer, with the smallest value each may take.
@@ -58,13 +73,29 @@ LAYER_FIELDS = {
     "input": {"channels": 1, "height": 1, "width": 1},
     "conv": {"filters": 1, "size": 1, "stride": 1, "pad": 0, "groups": 1},
     "relu": {},
-    "pool": {"size": 1, "stride": 1},
-    "avgpool": {"size": 1, "stride": 1},
+    "pool": {"size": 1, "stride": 1, "pad": 0},
+    "avgpool": {"size": 1, "stride": 1, "pad": 0},
     "fc": {"units": 1},
     "inception": {"n1x1": 1, "n3x3_reduce": 1, "n3x3": 1, "n5x5_reduce": 1, "n5x5": 1,
                   "pool_proj": 1},
+    "batchnorm": {},
+    "residual": {},
 }
 _WINDOWED = ("conv", "pool", "avgpool")  # the kinds that slide a window, and may round
+# The fields that are not integers: a flag, and the two layer lists of a residual block.
+_OTHER_FIELDS = {"conv": {"rounding", "bias"}, "pool": {"rounding"}, "avgpool": {"rounding"},
+                 "residual": {"body", "shortcut"}}
+
+
+def _check_block(where, layer):
+    """Check the two layer lists of a residual block (each as a spec after an input layer)."""
+    for field in ("body", "shortcut"):
+        layers = layer[field]
+        if isinstance(layers, (str, bytes, dict)) or not hasattr(layers, "__iter__"):
+            raise ValueError(f"{where}: {field} must be a list of layers, got {layers!r}")
+        if field == "body" and not list(layers):
+            raise ValueError(f"{where}: the body of a residual block has no layers")
+        check_spec([_layer("input", channels=1, height=1, width=1), *layers], f"{where} {field}")
 
 
 def _complete_layer(caller, i, layer, counts):
@@ -76,15 +107,17 @@ def _complete_layer(caller, i, layer, counts):
     counts[kind] = counts.get(kind, 0) + 1
     full = {"name": "input" if kind == "input" else f"{kind}{counts[kind]}", **layer}
     if kind == "conv":
-        full = {"stride": 1, "pad": 0, "groups": 1, **full}
+        full = {"stride": 1, "pad": 0, "groups": 1, "bias": True, **full}
     if kind in ("pool", "avgpool") and "size" in full:
-        full.setdefault("stride", full["size"])
+        full = {"stride": full["size"], "pad": 0, **full}
     if kind in _WINDOWED:
         full.setdefault("rounding", "exact")
+    if kind == "residual":
+        full.setdefault("shortcut", [])
     where = f"{caller}: layer {i} ({full['name']})"
     if (kind == "input") != (i == 0):
         raise ValueError(f"{where}: a spec has exactly one input layer, and it comes first")
-    allowed = {"kind", "name", *LAYER_FIELDS[kind]} | ({"rounding"} if kind in _WINDOWED else set())
+    allowed = {"kind", "name", *LAYER_FIELDS[kind], *_OTHER_FIELDS.get(kind, ())}
     if set(full) - allowed:
         raise ValueError(f"{where}: unknown field(s) {sorted(set(full) - allowed)} for a {kind} "
                          f"layer; its fields are {sorted(allowed - {'kind'})}")
@@ -95,6 +128,10 @@ def _complete_layer(caller, i, layer, counts):
     if full.get("rounding", "exact") not in ("exact", "floor", "ceil"):
         raise ValueError(f"{where}: rounding must be 'exact', 'floor' or 'ceil', "
                          f"got {full['rounding']!r}")
+    if not isinstance(full.get("bias", True), bool):
+        raise ValueError(f"{where}: bias must be True or False, got {full['bias']!r}")
+    if kind == "residual":
+        _check_block(where, full)
     return full
 
 
@@ -110,7 +147,7 @@ def check_spec(spec, caller="check_spec"):
     return [_complete_layer(caller, i, layer, counts) for i, layer in enumerate(spec)]
 
 
-# ---- book/architectures.md:206 ----
+# ---- book/architectures.md:260 ----
 import math
 
 from cnnbook.layers import conv_output_size
@@ -118,13 +155,14 @@ from cnnbook.layers import conv_output_size
 
 def _window_output(where, size, field, stride, pad, rounding, what):
     """Output size of a sliding window; with rounding "floor"/"ceil" the windows need not tile."""
-    if rounding == "exact":
-        return conv_output_size(size, field, stride, pad, name=where, what=what)
+    if rounding in ("exact", "floor"):
+        return conv_output_size(size, field, stride, pad, name=where, what=what,
+                                rounding=rounding)
     span = size + 2 * pad - field
     if span < 0:
         raise ValueError(f"{where}: the {what} (F={field}) is larger than the padded input "
                          f"(W + 2P = {size} + 2*{pad} = {size + 2 * pad})")
-    return (span // stride if rounding == "floor" else -(-span // stride)) + 1
+    return -(-span // stride) + 1  # rounded up
 
 
 def _inception_counts(layer, C, H, W):
@@ -145,6 +183,10 @@ def _layer_counts(layer, shape, where):
     C, H, W = shape
     if kind == "relu":
         return shape, 0, 0, 0, 0  # in place: no new activations
+    if kind == "batchnorm":
+        return shape, C, C, 0, C * H * W  # gamma and beta per channel
+    if kind == "residual":
+        return _residual_counts(layer, shape, where)
     if kind == "fc":
         D, U = C * H * W, layer["units"]
         return (U, 1, 1), D * U, U, D * U, U
@@ -161,20 +203,36 @@ def _layer_counts(layer, shape, where):
         raise ValueError(f"{where}: groups={g} must divide both the input channels C={C} "
                          f"and the filters F={F}")
     weights = F * (C // g) * k * k
-    return (F, Ho, Wo), weights, F, weights * Ho * Wo, F * Ho * Wo
+    return (F, Ho, Wo), weights, F * layer["bias"], weights * Ho * Wo, F * Ho * Wo
 
 
-# ---- book/architectures.md:265 ----
-def layer_table(spec):
+def _residual_counts(layer, shape, where):
+    """The counts of a residual block: those of its two paths, plus the output of their sum."""
+    paths = {}
+    for field in ("body", "shortcut"):
+        rows = layer_table([input_layer(*shape), *layer[field]], caller=f"{where} {field}")
+        paths[field] = rows[-1]["shape"], rows[1:]  # rows[0] is the block's input
+    (out, body), (out_shortcut, shortcut) = paths["body"], paths["shortcut"]
+    if out != out_shortcut:
+        raise ValueError(f"{where}: the body's output {out} and the shortcut's output "
+                         f"{out_shortcut} must have the same shape to be added")
+    inner = body + shortcut
+    return (out, sum(r["weights"] for r in inner), sum(r["biases"] for r in inner),
+            sum(r["macs"] for r in inner), sum(r["activations"] for r in inner) + math.prod(out))
+
+
+# ---- book/architectures.md:339 ----
+def layer_table(spec, caller="layer_table"):
     """One row per layer of ``spec``: a dict with the layer's ``name``, ``kind``, output
     ``shape`` (C, H, W), ``params`` (= ``weights`` + ``biases``), ``macs`` (multiply-adds of
     the forward pass of one image) and ``activations`` (numbers it produces per image; the
     input counts, a ReLU works in place and adds none). Raises ValueError naming the layer
-    and the numbers if the spec is invalid or a window does not fit its input."""
-    layers = check_spec(spec, "layer_table")
+    and the numbers if the spec is invalid or a window does not fit its input (``caller``
+    starts the messages). A residual block is one row, with the sums of its two paths."""
+    layers = check_spec(spec, caller)
     rows, shape = [], None
     for i, layer in enumerate(layers):
-        where = f"layer_table: layer {i} ({layer['name']})"
+        where = f"{caller}: layer {i} ({layer['name']})"
         shape, weights, biases, macs, acts = _layer_counts(layer, shape, where)
         rows.append({"name": layer["name"], "kind": layer["kind"], "shape": shape,
                      "params": weights + biases, "weights": weights, "biases": biases,
@@ -201,7 +259,7 @@ def format_table(rows, hide=("relu",)):
     return "\n".join(lines)
 
 
-# ---- book/architectures.md:366 ----
+# ---- book/architectures.md:442 ----
 import numbers
 import warnings
 
@@ -226,16 +284,17 @@ def _check_pattern(N, M, K, filters):
     return filters
 
 
-# ---- book/architectures.md:393 ----
+# ---- book/architectures.md:469 ----
 def pattern_spec(N, M, K, input_shape=(3, 32, 32), filters=32, filter_size=3, hidden=100,
                  num_classes=10, pool=True):
     """The spec of INPUT -> [[CONV -> RELU]*N -> POOL?]*M -> [FC -> RELU]*K -> FC.
 
     ``filters`` is the number of filters of every conv layer, or a list of M numbers, one per
-    stage; the conv layers keep the size (stride 1, pad (filter_size - 1) // 2). With ``pool``
-    each stage ends in a 2x2 max pool of stride 2. ``hidden`` is the width of the K hidden FC
-    layers, ``num_classes`` that of the last one. Raises ValueError for counts that are not
-    integers >= 0; warns (UserWarning) for N > 3 or K >= 3.
+    stage; the conv layers have stride 1 and pad (filter_size - 1) // 2, which keeps the size
+    for an odd filter_size. With ``pool`` each stage ends in a 2x2 max pool of stride 2.
+    ``hidden`` is the width of the K hidden FC layers, ``num_classes`` that of the last one.
+    Raises ValueError for counts that are not integers >= 0; warns (UserWarning) for N > 3 or
+    K >= 3.
     """
     filters = _check_pattern(N, M, K, filters)
     spec = [input_layer(*input_shape)]
@@ -252,7 +311,7 @@ def pattern_spec(N, M, K, input_shape=(3, 32, 32), filters=32, filter_size=3, hi
 pool_layer = pool  # the argument ``pool`` of pattern_spec hides the function of that name
 
 
-# ---- book/architectures.md:459 ----
+# ---- book/architectures.md:537 ----
 def _check_buildable(layers):
     """Raise ValueError, naming the layer, for what SpecNet cannot run."""
     for i, layer in enumerate(layers[1:], start=1):
@@ -263,11 +322,14 @@ def _check_buildable(layers):
         if layer.get("rounding", "exact") != "exact" or layer.get("groups", 1) != 1:
             raise ValueError(f"{where}: SpecNet needs rounding='exact' and groups=1, got "
                              f"rounding={layer['rounding']!r}, groups={layer.get('groups', 1)}")
+        if not layer.get("bias", True) or (layer["kind"] == "pool" and layer["pad"]):
+            raise ValueError(f"{where}: SpecNet needs conv layers with biases and pools "
+                             f"without padding, got {layer!r}")
     if layers[-1]["kind"] != "fc":
         raise ValueError(f"SpecNet: the last layer ({layers[-1]['name']}) must be fc, the scores")
 
 
-# ---- book/architectures.md:476 ----
+# ---- book/architectures.md:557 ----
 import math
 
 import numpy as np
@@ -308,7 +370,7 @@ class SpecNet:
                 self.params[f"b{i}"] = np.zeros(units, dtype=dtype)
             self.layers.append((layer["kind"], layer, i))
 
-    # ---- book/architectures.md:528 ----
+    # ---- book/architectures.md:609 ----
     def _forward(self, kind, layer, i, x):
         """One layer's forward pass: (out, cache)."""
         if kind == "relu":
@@ -323,7 +385,7 @@ class SpecNet:
             return fast_layers.conv_forward_fast(x, W, b, conv_param)
         return affine_forward(x, W, b)
 
-    # ---- book/architectures.md:544 ----
+    # ---- book/architectures.md:625 ----
     def _backward(self, kind, i, dout, cache, grads):
         """One layer's backward pass: the gradient of its input; stores dW{i}, db{i} in grads."""
         if kind == "relu":
@@ -334,7 +396,7 @@ class SpecNet:
         dx, grads[f"W{i}"], grads[f"b{i}"] = backward(dout, cache)
         return dx
 
-    # ---- book/architectures.md:563 ----
+    # ---- book/architectures.md:644 ----
     def loss(self, X, y=None):
         """Scores (N, num_classes) if y is None; else (loss, grads), grads keyed like params.
 
@@ -365,34 +427,35 @@ class SpecNet:
         return loss, grads
 
 
-# ---- book/architectures.md:523 ----
+# ---- book/architectures.md:604 ----
 from cnnbook import fast_layers
 from cnnbook.layers import affine_backward, affine_forward, relu_backward, relu_forward
 
 
-# ---- book/architectures.md:558 ----
+# ---- book/architectures.md:639 ----
 from cnnbook.classifiers import _check_batch
 from cnnbook.layers import softmax_loss
 
 
-# ---- book/architectures.md:682 ----
+# ---- book/architectures.md:763 ----
 def receptive_field(spec):
     """Receptive field along one axis, in input pixels, of one unit of the last layer of a spec
     of conv, relu, pool and avgpool layers: r = 1 + sum_l (k_l - 1) * (product of the strides
-    of the layers before l)."""
+    of the layers before l). Batch normalization, like ReLU, acts on each unit alone."""
     layers = check_spec(spec, "receptive_field")
     field, jump = 1, 1
     for i, layer in enumerate(layers[1:], start=1):
-        if layer["kind"] not in ("conv", "relu", "pool", "avgpool"):
+        if layer["kind"] not in ("conv", "relu", "pool", "avgpool", "batchnorm"):
             raise ValueError(f"receptive_field: layer {i} ({layer['name']}) is {layer['kind']!r}; "
-                             f"the receptive field is defined for conv, relu and pool layers")
-        if layer["kind"] != "relu":
+                             f"the receptive field is defined for conv, relu, batchnorm and pool "
+                             f"layers")
+        if layer["kind"] not in ("relu", "batchnorm"):
             field += (layer["size"] - 1) * jump
             jump *= layer["stride"]
     return field
 
 
-# ---- book/architectures.md:734 ----
+# ---- book/architectures.md:816 ----
 import tracemalloc
 
 
@@ -415,7 +478,7 @@ def traced_memory(fn, *args, **kwargs):
     return result, peak - base, current - base
 
 
-# ---- book/architectures.md:832 ----
+# ---- book/architectures.md:950 ----
 def _conv_rules(layer, in_shape, out_shape, first_conv):
     """The messages of the sizing rules a conv layer breaks."""
     name, F, S, P = layer["name"], layer["size"], layer["stride"], layer["pad"]
@@ -445,14 +508,15 @@ def _window_rounds(layer, in_shape):
             f"the spec rounds the output size {'down' if layer['rounding'] == 'floor' else 'up'}"]
 
 
-# ---- book/architectures.md:864 ----
+# ---- book/architectures.md:982 ----
 def check_sizing_rules(spec, min_halvings=4):
     """Check a spec against the sizing rules of the cs231n notes; return a list of messages,
     one per rule a layer breaks, each naming the layer (empty: all rules hold).
 
     Rules: input height and width divisible by 2**min_halvings; conv layers with F <= 5
     (larger only in the first conv layer), S = 1, P = (F - 1)/2; max pooling with F = 2, S = 2;
-    windows that tile their input without rounding."""
+    windows that tile their input without rounding. The layers of residual blocks are checked
+    too, and named ``block/body/layer`` or ``block/shortcut/layer``."""
     layers, rows = check_spec(spec, "check_sizing_rules"), layer_table(spec)
     found = []
     for side in sorted(set(rows[0]["shape"][1:])):
@@ -461,20 +525,32 @@ def check_sizing_rules(spec, min_halvings=4):
             found.append(f"input: size {side} = 2^{halvings} x {side >> halvings} divides by 2 "
                          f"only {halvings} time(s); use a size divisible by "
                          f"2^{min_halvings} = {2 ** min_halvings}, such as 32, 64, 96, 224, 384")
-    convs = 0
+    return found + _layer_rules(layers, rows, prefix="", convs=[0])
+
+
+def _layer_rules(layers, rows, prefix, convs):
+    """The messages of the layers of a spec, and of the two paths of its residual blocks (named
+    ``block/body/layer``, ``block/shortcut/layer``); ``convs[0]`` counts the conv layers so far."""
+    found = []
     for layer, before, row in zip(layers[1:], rows, rows[1:]):
+        layer = {**layer, "name": prefix + layer["name"]}
         if layer["kind"] == "conv":
-            convs += 1
-            found += _conv_rules(layer, before["shape"], row["shape"], convs == 1)
+            convs[0] += 1
+            found += _conv_rules(layer, before["shape"], row["shape"], convs[0] == 1)
         if layer["kind"] == "pool" and (layer["size"], layer["stride"]) != (2, 2):
             found.append(f"{layer['name']}: pooling with F={layer['size']}, "
                          f"S={layer['stride']}; the usual choice is F=2, S=2")
         if layer["kind"] in _WINDOWED:
             found += _window_rounds(layer, before["shape"])
+        if layer["kind"] == "residual":
+            for field in ("body", "shortcut"):
+                path = [input_layer(*before["shape"]), *layer[field]]
+                found += _layer_rules(check_spec(path), layer_table(path),
+                                      f"{layer['name']}/{field}/", convs)
     return found
 
 
-# ---- book/architectures.md:991 ----
+# ---- book/architectures.md:1152 ----
 def lenet5():
     """LeNet-5 (LeCun et al., 1998), with layer names C1 ... F6 as in the paper."""
     return [input_layer(1, 32), conv(6, 5, name="C1"), relu(), pool(2, name="S2"),
@@ -514,7 +590,7 @@ def vgg16(num_classes=1000):
                    fc(num_classes, name="fc8")]
 
 
-# ---- book/architectures.md:1033 ----
+# ---- book/architectures.md:1194 ----
 # GoogLeNet's inception modules (Szegedy et al., 2015, Table 1): #1x1, #3x3 reduce, #3x3,
 # #5x5 reduce, #5x5, pool proj.
 GOOGLENET_INCEPTION = {
@@ -539,6 +615,56 @@ def googlenet():
     return spec + [avgpool(7, 1, name="avgpool"), fc(1000, name="linear")]
 
 
+# ---- book/architectures.md:1491 ----
+# Block types and the number of blocks per stage (conv2_x ... conv5_x), He et al. (2016), Table 1.
+RESNET_STAGES = {18: ("basic", (2, 2, 2, 2)), 34: ("basic", (3, 4, 6, 3)),
+                 50: ("bottleneck", (3, 4, 6, 3)), 101: ("bottleneck", (3, 4, 23, 3)),
+                 152: ("bottleneck", (3, 8, 36, 3))}
+
+
+def _conv_bn(filters, size, stride=1, relu_after=True):
+    """conv (no bias; pad (size - 1) // 2; a strided one rounds down) -> batchnorm (-> relu)."""
+    rounding = "floor" if stride > 1 else "exact"
+    layers = [conv(filters, size, stride, (size - 1) // 2, rounding=rounding, bias=False),
+              batchnorm()]
+    return layers + [relu()] if relu_after else layers
+
+
+def _resnet_block(kind, width, stride, channels, stride_in_3x3, name):
+    """One block with ``width`` filters (a bottleneck's output has 4 * width channels) on
+    ``channels`` input channels; a projection shortcut (option B) where the shape changes."""
+    if kind == "basic":
+        body, out = _conv_bn(width, 3, stride) + _conv_bn(width, 3, relu_after=False), width
+    else:
+        first, middle = (1, stride) if stride_in_3x3 else (stride, 1)
+        body = (_conv_bn(width, 1, first) + _conv_bn(width, 3, middle)
+                + _conv_bn(4 * width, 1, relu_after=False))
+        out = 4 * width
+    same = stride == 1 and channels == out
+    shortcut = [] if same else _conv_bn(out, 1, stride, relu_after=False)
+    return [residual(body, shortcut, name=name), relu()], out
+
+
+def resnet(depth=50, num_classes=1000, stride_in_3x3=False):
+    """ResNet-18, 34, 50, 101 or 152 (He et al., 2016, Table 1) on 224x224 inputs, with
+    batch normalization after every conv layer and projection shortcuts where the shape
+    changes (option B). In a bottleneck block the stride is on the first 1x1 conv as in the
+    paper, or on the 3x3 conv with ``stride_in_3x3`` (as in torchvision)."""
+    if depth not in RESNET_STAGES:
+        raise ValueError(f"resnet: depth must be one of {sorted(RESNET_STAGES)}, got {depth!r}")
+    kind, blocks = RESNET_STAGES[depth]
+    spec = [input_layer(3, 224), conv(64, 7, 2, 3, rounding="floor", bias=False, name="conv1"),
+            batchnorm(name="bn1"), relu(), pool(3, 2, pad=1, rounding="floor", name="pool1")]
+    channels = 64
+    for stage, (width, count) in enumerate(zip((64, 128, 256, 512), blocks), start=2):
+        for j in range(1, count + 1):
+            stride = 2 if j == 1 and stage > 2 else 1
+            block, channels = _resnet_block(kind, width, stride, channels, stride_in_3x3,
+                                            f"conv{stage}_{j}")
+            spec += block
+    return spec + [avgpool(7, 1, name="avgpool"), fc(num_classes, name="fc")]
+
+
 # ---- where the book explains each definition (tools/tangle.py) ----
 _EXPLAINED_IN = {
     'input_layer': 'the chapter "ConvNet architectures, sizing rules and case studies" (book/architectures.md), section "A spec: a network as a list of layers"',
@@ -548,6 +674,8 @@ _EXPLAINED_IN = {
     'avgpool': 'the chapter "ConvNet architectures, sizing rules and case studies" (book/architectures.md), section "A spec: a network as a list of layers"',
     'fc': 'the chapter "ConvNet architectures, sizing rules and case studies" (book/architectures.md), section "A spec: a network as a list of layers"',
     'inception': 'the chapter "ConvNet architectures, sizing rules and case studies" (book/architectures.md), section "A spec: a network as a list of layers"',
+    'batchnorm': 'the chapter "ConvNet architectures, sizing rules and case studies" (book/architectures.md), section "A spec: a network as a list of layers"',
+    'residual': 'the chapter "ConvNet architectures, sizing rules and case studies" (book/architectures.md), section "A spec: a network as a list of layers"',
     'check_spec': 'the chapter "ConvNet architectures, sizing rules and case studies" (book/architectures.md), section "A spec: a network as a list of layers"',
     'layer_table': 'the chapter "ConvNet architectures, sizing rules and case studies" (book/architectures.md), section "Shapes, parameters, multiply-adds and activations"',
     'table_totals': 'the chapter "ConvNet architectures, sizing rules and case studies" (book/architectures.md), section "Shapes, parameters, multiply-adds and activations"',
@@ -562,6 +690,7 @@ _EXPLAINED_IN = {
     'zfnet': 'the chapter "ConvNet architectures, sizing rules and case studies" (book/architectures.md), section "Case studies"',
     'vgg16': 'the chapter "ConvNet architectures, sizing rules and case studies" (book/architectures.md), section "Case studies"',
     'googlenet': 'the chapter "ConvNet architectures, sizing rules and case studies" (book/architectures.md), section "Case studies"',
+    'resnet': 'the chapter "ConvNet architectures, sizing rules and case studies" (book/architectures.md), section "ResNet: residual blocks and batch normalization"',
 }
 for _name, _where in _EXPLAINED_IN.items():
     # after the docstring's first paragraph, so that help() shows it at the top

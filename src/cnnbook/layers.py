@@ -699,7 +699,7 @@ def dropout_backward(dout, cache):
     return dout * mask
 
 
-# ---- book/convolution.md:104 ----
+# ---- book/convolution.md:105 ----
 import numbers
 
 
@@ -750,7 +750,7 @@ def conv_output_size(size, field, stride=1, pad=0, name="conv_output_size", what
     return span // stride + 1
 
 
-# ---- book/convolution.md:547 ----
+# ---- book/convolution.md:554 ----
 import numbers
 
 import numpy as np
@@ -809,7 +809,7 @@ def _conv_check_dout(name, dout, shape, dtype):
     return dout.astype(dtype, copy=False)
 
 
-# ---- book/convolution.md:612 ----
+# ---- book/convolution.md:619 ----
 import numpy as np
 
 
@@ -838,7 +838,7 @@ def conv_forward_naive(x, w, b, conv_param):
     return out, (x, w, b, conv_param)
 
 
-# ---- book/convolution.md:649 ----
+# ---- book/convolution.md:656 ----
 import numpy as np
 
 

@@ -88,7 +88,7 @@ def plot_histories(solvers, title=None):
     return fig
 
 
-# ---- book/convolution.md:413 ----
+# ---- book/convolution.md:420 ----
 import re
 
 _ANIMATION_ICONS = {

@@ -750,7 +750,7 @@ def conv_output_size(size, field, stride=1, pad=0, name="conv_output_size", what
     return span // stride + 1
 
 
-# ---- book/convolution.md:554 ----
+# ---- book/convolution.md:555 ----
 import numbers
 
 import numpy as np
@@ -809,7 +809,7 @@ def _conv_check_dout(name, dout, shape, dtype):
     return dout.astype(dtype, copy=False)
 
 
-# ---- book/convolution.md:619 ----
+# ---- book/convolution.md:620 ----
 import numpy as np
 
 
@@ -838,7 +838,7 @@ def conv_forward_naive(x, w, b, conv_param):
     return out, (x, w, b, conv_param)
 
 
-# ---- book/convolution.md:656 ----
+# ---- book/convolution.md:657 ----
 import numpy as np
 
 

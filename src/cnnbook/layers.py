@@ -715,8 +715,8 @@ def conv_output_size(size, field, stride=1, pad=0, name="conv_output_size", what
     pad : int >= 0, the zeros P added on both sides of the input.
     name, what : used in the error messages (the caller's name, "filter" or "pool window").
     rounding : "exact" (the default) refuses windows that do not tile the padded input;
-        "floor" rounds ``(W - F + 2P)/S`` down, as PyTorch's ``Conv2d`` and ``MaxPool2d`` do:
-        the input rows or columns after the last whole window are not read.
+        "floor" rounds ``(W - F + 2P)/S`` down, as PyTorch's ``Conv2d`` and (by default)
+        ``MaxPool2d`` do: the input rows or columns after the last whole window are not read.
 
     Returns
     -------

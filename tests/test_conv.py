@@ -1,6 +1,7 @@
 """Unit and property tests of the convolutional layer (defined in book/convolution.md).
 
-cnnbook.layers: conv_output_size, conv_forward_naive, conv_backward_naive;
+cnnbook.layers: conv_output_size, conv_forward_naive, conv_backward_naive (exact and floor
+rounding);
 cnnbook.fast_layers: im2col, col2im, conv_forward_fast, conv_backward_fast;
 cnnbook.plotting: animation_html.
 """
@@ -56,6 +57,17 @@ def test_output_size_bad_values(args, words):
         conv_output_size(*args)
     for word in words:
         assert word in str(e.value)
+
+
+def test_output_size_floor_rounds_down():
+    assert conv_output_size(32, 3, 2, 1, rounding="floor") == 16  # ResNet's downsampling
+    assert conv_output_size(224, 11, 4, 0, rounding="floor") == 54
+    assert conv_output_size(224, 7, 2, 3, rounding="floor") == 112
+    assert conv_output_size(7, 3, 2, 0, rounding="floor") == 3  # tiling: same as "exact"
+    with pytest.raises(ValueError, match="larger than the padded input"):
+        conv_output_size(4, 7, 1, 1, rounding="floor")
+    with pytest.raises(ValueError, match="rounding must be 'exact' or 'floor', got 'ceil'"):
+        conv_output_size(32, 3, 2, 1, rounding="ceil")
 
 
 def test_output_size_names_the_caller_and_window():
@@ -189,6 +201,83 @@ def test_col2im_does_not_use_add_at():
     assert "np.add.at(" not in inspect.getsource(fl)  # (a comment may name it)
 
 
+# ------------------------------------------------------------------- floor mode
+
+
+FLOOR = {"stride": 2, "pad": 0, "rounding": "floor"}
+
+
+@pytest.mark.parametrize("forward, backward", PAIRS)
+def test_floor_mode_gradient_check_float64(forward, backward):
+    rng = np.random.default_rng(11)  # the chapter's floor-mode check: row 7 is never read
+    x = rng.standard_normal((2, 3, 8, 9))
+    w = rng.standard_normal((4, 3, 3, 3))
+    b = rng.standard_normal(4)
+    out, cache = forward(x, w, b, FLOOR)
+    assert out.shape == (2, 4, 3, 4)
+    dout = rng.standard_normal(out.shape)
+    dx, dw, db = backward(dout, cache)
+    num_dx = eval_numerical_gradient_array(lambda x: forward(x, w, b, FLOOR)[0], x, dout)
+    num_dw = eval_numerical_gradient_array(lambda w: forward(x, w, b, FLOOR)[0], w, dout)
+    num_db = eval_numerical_gradient_array(lambda b: forward(x, w, b, FLOOR)[0], b, dout)
+    assert rel_error(dx, num_dx) < 1e-7
+    assert rel_error(dw, num_dw) < 1e-7
+    assert rel_error(db, num_db) < 1e-7
+    assert not dx[:, :, 7].any() and dx[:, :, :7].all()  # the unread row gets zero gradient
+
+
+@pytest.mark.parametrize("forward", FORWARDS)
+def test_floor_mode_ignores_what_follows_the_last_window(forward):
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((1, 2, 8, 8))
+    w = rng.standard_normal((3, 2, 3, 3))
+    b = rng.standard_normal(3)
+    out, _ = forward(x, w, b, FLOOR)  # windows start at 0, 2, 4: row and column 7 are unread
+    x2 = x.copy()
+    x2[:, :, 7, :] = 100.0
+    x2[:, :, :, 7] = -100.0
+    assert np.array_equal(forward(x2, w, b, FLOOR)[0], out)
+    assert np.allclose(out, forward(x[:, :, :7, :7], w, b, {"stride": 2, "pad": 0})[0])
+
+
+@pytest.mark.parametrize("forward", FORWARDS)
+def test_floor_mode_resnet_downsampling(forward):
+    x, w = np.ones((1, 1, 32, 32)), np.ones((1, 1, 3, 3))
+    with pytest.raises(ValueError, match="16.5 is not an integer"):
+        forward(x, w, np.zeros(1), {"stride": 2, "pad": 1})
+    out, _ = forward(x, w, np.zeros(1), {"stride": 2, "pad": 1, "rounding": "floor"})
+    assert out.shape == (1, 1, 16, 16)
+    # the first window covers one padding zero and input 0..1; the last (start 30 of the padded
+    # 34) covers input 29..31, and the padding after it is never read
+    assert out[0, 0, 0, 0] == 4 and out[0, 0, -1, -1] == 9 and out[0, 0, 0, -1] == 6
+
+
+@pytest.mark.parametrize("forward", FORWARDS)
+@pytest.mark.parametrize("rounding", ["ceil", "Floor", None, 1])
+def test_bad_rounding_raises(forward, rounding):
+    with pytest.raises(ValueError, match=r"conv_param\['rounding'\] must be 'exact' or 'floor'"):
+        forward(np.zeros((1, 1, 8, 8)), np.zeros((1, 1, 3, 3)), np.zeros(1),
+                {"stride": 2, "pad": 1, "rounding": rounding})
+
+
+@pytest.mark.parametrize("S, P", [(1, 0), (1, 1), (2, 1), (2, 2), (3, 0)])
+def test_backward_is_a_convolution(S, P):
+    """dx: full convolution of spread dout with the rotated filters; dw: x correlated with dout."""
+    rng = np.random.default_rng(12)
+    H = 3 * S + 5 - 2 * P  # tiles: (H - 5 + 2P)/S = 3
+    x, w = rng.standard_normal((2, 3, H, H)), rng.standard_normal((4, 3, 5, 5))
+    out, cache = conv_forward_naive(x, w, np.zeros(4), {"stride": S, "pad": P})
+    dout = rng.standard_normal(out.shape)
+    dx, dw, _ = conv_backward_naive(dout, cache)
+    d = np.zeros((2, 4, 3 * S + 1, 3 * S + 1))
+    d[:, :, ::S, ::S] = dout
+    w_rot = w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1]
+    dx_conv = conv_forward_fast(d, w_rot, np.zeros(3), {"stride": 1, "pad": 5 - 1 - P})[0]
+    dw_conv = conv_forward_fast(x.transpose(1, 0, 2, 3), d.transpose(1, 0, 2, 3), np.zeros(4),
+                                {"stride": 1, "pad": P})[0].transpose(1, 0, 2, 3)
+    assert np.abs(dx_conv - dx).max() < 1e-10 and np.abs(dw_conv - dw).max() < 1e-10
+
+
 # ------------------------------------------------------------------- bad input
 
 
@@ -280,6 +369,40 @@ def test_fast_equals_naive(problem):
     for g_f, g_n in zip(conv_backward_fast(dout, cache_f), conv_backward_naive(dout, cache_n)):
         assert g_f.shape == g_n.shape
         assert rel_error(g_f, g_n) <= 1e-9
+
+
+@st.composite
+def floor_problems(draw):
+    """A random convolution in floor mode: the windows need not tile the input."""
+    N, C, F = draw(st.integers(1, 2)), draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    HH, WW, S, P = (draw(st.integers(1, 4)), draw(st.integers(1, 4)), draw(st.integers(1, 4)),
+                    draw(st.integers(0, 2)))
+    H = draw(st.integers(max(1, HH - 2 * P), 10))
+    W = draw(st.integers(max(1, WW - 2 * P), 10))
+    return (N, C, H, W), (F, C, HH, WW), S, P, draw(st.integers(0, 2**32 - 1))
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(floor_problems())
+def test_fast_equals_naive_floor(problem):
+    x_shape, w_shape, S, P, seed = problem
+    rng = np.random.default_rng(seed)
+    x, w, b = (rng.standard_normal(x_shape), rng.standard_normal(w_shape),
+               rng.standard_normal(w_shape[0]))
+    cp = {"stride": S, "pad": P, "rounding": "floor"}
+    out_n, cache_n = conv_forward_naive(x, w, b, cp)
+    out_f, cache_f = conv_forward_fast(x, w, b, cp)
+    H_out = (x_shape[2] + 2 * P - w_shape[2]) // S + 1
+    W_out = (x_shape[3] + 2 * P - w_shape[3]) // S + 1
+    assert out_f.shape == out_n.shape == (x_shape[0], w_shape[0], H_out, W_out)
+    assert rel_error(out_f, out_n) <= 1e-9
+    dout = rng.standard_normal(out_n.shape)
+    grads_n = conv_backward_naive(dout, cache_n)
+    for g_f, g_n in zip(conv_backward_fast(dout, cache_f), grads_n):
+        assert g_f.shape == g_n.shape and rel_error(g_f, g_n) <= 1e-9
+    # rows and columns after the last window (in x's coordinates) get no gradient
+    assert not grads_n[0][:, :, max(0, (H_out - 1) * S + w_shape[2] - P):].any()
+    assert not grads_n[0][:, :, :, max(0, (W_out - 1) * S + w_shape[3] - P):].any()
 
 
 @settings(max_examples=30, deadline=None)

@@ -3,7 +3,7 @@
 # Chapters: book/convolution.md, book/pooling.md
 
 
-# ---- book/convolution.md:808 ----
+# ---- book/convolution.md:1110 ----
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
@@ -44,7 +44,7 @@ def col2im(dcols, x_shape, HH, WW, stride, pad):
     return dx_pad[:, :, pad:pad + H, pad:pad + W].transpose(1, 0, 2, 3)
 
 
-# ---- book/convolution.md:893 ----
+# ---- book/convolution.md:1195 ----
 import numpy as np
 
 
@@ -79,7 +79,7 @@ def conv_backward_fast(dout, cache):
     x_shape, w, b, conv_param, cols = cache
     N, F = x_shape[0], w.shape[0]
     S, P = conv_param["stride"], conv_param["pad"]
-    H_out = (x_shape[2] + 2 * P - w.shape[2]) // S + 1
+    H_out = (x_shape[2] + 2 * P - w.shape[2]) // S + 1  # exact or floor mode alike
     W_out = (x_shape[3] + 2 * P - w.shape[3]) // S + 1
     dout = _conv_check_dout("conv_backward_fast", dout, (N, F, H_out, W_out), w.dtype)
     db = dout.sum(axis=(0, 2, 3))

@@ -700,7 +700,7 @@ def dropout_backward(dout, cache):
     return dout * mask
 
 
-# ---- book/convolution.md:104 ----
+# ---- book/convolution.md:105 ----
 import numbers
 
 
@@ -716,8 +716,8 @@ def conv_output_size(size, field, stride=1, pad=0, name="conv_output_size", what
     pad : int >= 0, the zeros P added on both sides of the input.
     name, what : used in the error messages (the caller's name, "filter" or "pool window").
     rounding : "exact" (the default) refuses windows that do not tile the padded input;
-        "floor" rounds ``(W - F + 2P)/S`` down, as PyTorch's ``Conv2d`` and ``MaxPool2d`` do:
-        the input rows or columns after the last whole window are not read.
+        "floor" rounds ``(W - F + 2P)/S`` down, as PyTorch's ``Conv2d`` and (by default)
+        ``MaxPool2d`` do: the input rows or columns after the last whole window are not read.
 
     Returns
     -------
@@ -751,23 +751,27 @@ def conv_output_size(size, field, stride=1, pad=0, name="conv_output_size", what
     return span // stride + 1
 
 
-# ---- book/convolution.md:428 ----
+# ---- book/convolution.md:555 ----
 import numbers
 
 import numpy as np
 
 
 def _conv_param(name, conv_param):
-    """The stride (an integer >= 1) and pad (an integer >= 0) of a conv_param dict."""
+    """The stride (int >= 1), pad (int >= 0) and rounding ("exact" by default) of conv_param."""
     if not isinstance(conv_param, dict) or not {"stride", "pad"} <= conv_param.keys():
-        raise ValueError(f"{name}: conv_param must be a dict with keys 'stride' and 'pad', "
-                         f"got {conv_param!r}")
+        raise ValueError(f"{name}: conv_param must be a dict with keys 'stride' and 'pad' "
+                         f"(and optionally 'rounding'), got {conv_param!r}")
     for key, low in (("stride", 1), ("pad", 0)):
         value = conv_param[key]
         if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
             raise ValueError(f"{name}: conv_param['{key}'] must be an integer >= {low}, "
                              f"got {value!r}")
-    return conv_param["stride"], conv_param["pad"]
+    rounding = conv_param.get("rounding", "exact")
+    if not isinstance(rounding, str) or rounding not in ("exact", "floor"):
+        raise ValueError(f"{name}: conv_param['rounding'] must be 'exact' or 'floor', "
+                         f"got {rounding!r}")
+    return conv_param["stride"], conv_param["pad"], rounding
 
 
 def _conv_check(name, x, w, b, conv_param):
@@ -785,9 +789,11 @@ def _conv_check(name, x, w, b, conv_param):
     if b.shape != (w.shape[0],):
         raise ValueError(f"{name}: b must have shape ({w.shape[0]},), one bias per filter of w "
                          f"(shape {w.shape}), got shape {b.shape}")
-    stride, pad = _conv_param(name, conv_param)
-    H_out = conv_output_size(x.shape[2], w.shape[2], stride, pad, f"{name} (height)")
-    W_out = conv_output_size(x.shape[3], w.shape[3], stride, pad, f"{name} (width)")
+    stride, pad, rounding = _conv_param(name, conv_param)
+    H_out = conv_output_size(x.shape[2], w.shape[2], stride, pad, f"{name} (height)",
+                             rounding=rounding)
+    W_out = conv_output_size(x.shape[3], w.shape[3], stride, pad, f"{name} (width)",
+                             rounding=rounding)
     dtype = np.result_type(x, w, b)
     if not np.issubdtype(dtype, np.floating):
         dtype = np.float64
@@ -804,16 +810,18 @@ def _conv_check_dout(name, dout, shape, dtype):
     return dout.astype(dtype, copy=False)
 
 
-# ---- book/convolution.md:487 ----
+# ---- book/convolution.md:620 ----
 import numpy as np
 
 
 def conv_forward_naive(x, w, b, conv_param):
     """Forward pass of a convolutional layer, with loops over examples and output positions.
 
-    x : (N, C, H, W); w : (F, C, HH, WW); b : (F,); conv_param : {'stride': S, 'pad': P}.
-    Returns out of shape (N, F, H_out, W_out), H_out = (H - HH + 2P)/S + 1 (same for W),
-    and the cache (x, w, b, conv_param), with x, w, b as returned by the check below.
+    x : (N, C, H, W); w : (F, C, HH, WW); b : (F,); conv_param : {'stride': S, 'pad': P},
+    optionally 'rounding': "exact" (default; the windows must tile the padded input) or "floor".
+    Returns out of shape (N, F, H_out, W_out), H_out = (H - HH + 2P)/S + 1 (same for W; rounded
+    down with "floor", which leaves the rows after the last window unread), and the cache
+    (x, w, b, conv_param), with x, w, b as returned by the check below.
     Start with ``_conv_check("conv_forward_naive", x, w, b, conv_param)``: it raises ValueError
     for every bad argument and returns x, w, b cast to one float dtype (out's dtype too), S, P,
     H_out, W_out.
@@ -831,7 +839,7 @@ def conv_forward_naive(x, w, b, conv_param):
     return out, (x, w, b, conv_param)
 
 
-# ---- book/convolution.md:522 ----
+# ---- book/convolution.md:657 ----
 import numpy as np
 
 
@@ -840,13 +848,14 @@ def conv_backward_naive(dout, cache):
 
     dout : (N, F, H_out, W_out); cache : (x, w, b, conv_param) from ``conv_forward_naive``.
     Returns dx of shape (N, C, H, W), dw of shape (F, C, HH, WW) and db of shape (F,), in x's
-    dtype. Check dout with ``_conv_check_dout("conv_backward_naive", dout, shape, x.dtype)``
+    dtype; in floor mode, the rows and columns of x after the last window get zero gradient.
+    Check dout with ``_conv_check_dout("conv_backward_naive", dout, shape, x.dtype)``
     (ValueError if dout's shape is not the forward output's).
     """
     x, w, b, conv_param = cache
     (N, C, H, W), (F, _, HH, WW) = x.shape, w.shape
     S, P = conv_param["stride"], conv_param["pad"]
-    H_out, W_out = (H - HH + 2 * P) // S + 1, (W - WW + 2 * P) // S + 1
+    H_out, W_out = (H - HH + 2 * P) // S + 1, (W - WW + 2 * P) // S + 1  # exact or floor mode
     dout = _conv_check_dout("conv_backward_naive", dout, (N, F, H_out, W_out), x.dtype)
     x_pad = np.pad(x, ((0, 0), (0, 0), (P, P), (P, P)))
     dx_pad = np.zeros_like(x_pad)

@@ -3,7 +3,7 @@
 # Chapters: book/preface.md
 
 
-# ---- book/preface.md:78 ----
+# ---- book/preface.md:80 ----
 """cnnbook: the code of the cnnbook textbook on convolutional neural networks.
 
 The package is generated from the book's chapters by tools/tangle.py. Its modules

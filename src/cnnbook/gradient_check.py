@@ -139,7 +139,7 @@ def rel_error(x, y):
     return float(np.max(np.abs(x - y) / np.maximum(1e-8, np.abs(x) + np.abs(y))))
 
 
-# ---- book/gradient_checking.md:429 ----
+# ---- book/gradient_checking.md:428 ----
 import numpy as np
 
 
@@ -190,7 +190,7 @@ def eval_numerical_gradient_array(f, x, df, h=1e-5):
     return grad
 
 
-# ---- book/gradient_checking.md:545 ----
+# ---- book/gradient_checking.md:544 ----
 import numpy as np
 
 

@@ -3,7 +3,7 @@
 # Chapters: book/fc_layers.md, book/normalization.md, book/dropout.md, book/convolution.md, book/pooling.md, book/fast_training.md
 
 
-# ---- book/fc_layers.md:82 ----
+# ---- book/fc_layers.md:83 ----
 import math
 
 import numpy as np
@@ -33,7 +33,7 @@ def _check_affine_args(x, w, b):
     return x, w, b, N, D, M
 
 
-# ---- book/fc_layers.md:116 ----
+# ---- book/fc_layers.md:117 ----
 import numpy as np
 
 
@@ -67,7 +67,7 @@ def affine_forward(x, w, b):
     return out, cache
 
 
-# ---- book/fc_layers.md:152 ----
+# ---- book/fc_layers.md:153 ----
 import numpy as np
 
 
@@ -106,7 +106,7 @@ def affine_backward(dout, cache):
     return dx, dw, db
 
 
-# ---- book/fc_layers.md:290 ----
+# ---- book/fc_layers.md:291 ----
 import numpy as np
 
 
@@ -128,7 +128,7 @@ def relu_forward(x):
     return out, cache
 
 
-# ---- book/fc_layers.md:314 ----
+# ---- book/fc_layers.md:315 ----
 import numpy as np
 
 
@@ -159,7 +159,7 @@ def relu_backward(dout, cache):
     return np.where(x > 0, dout, 0.0)
 
 
-# ---- book/fc_layers.md:563 ----
+# ---- book/fc_layers.md:564 ----
 import numpy as np
 
 
@@ -188,7 +188,7 @@ def _check_scores_labels(name, x, y):
     return x, y
 
 
-# ---- book/fc_layers.md:597 ----
+# ---- book/fc_layers.md:598 ----
 import numpy as np
 
 
@@ -227,7 +227,7 @@ def svm_loss(x, y):
     return loss, dx
 
 
-# ---- book/fc_layers.md:638 ----
+# ---- book/fc_layers.md:639 ----
 import numpy as np
 
 
@@ -264,7 +264,7 @@ def softmax_loss(x, y):
     return loss, dx
 
 
-# ---- book/normalization.md:193 ----
+# ---- book/normalization.md:196 ----
 import numpy as np
 
 
@@ -340,7 +340,7 @@ def _bn_inputs(name, x, gamma, beta, bn_param):
     return x, gamma, beta, param
 
 
-# ---- book/normalization.md:280 ----
+# ---- book/normalization.md:283 ----
 import numpy as np
 
 
@@ -383,7 +383,7 @@ def batchnorm_forward(x, gamma, beta, bn_param):
     return out, cache
 
 
-# ---- book/normalization.md:519 ----
+# ---- book/normalization.md:523 ----
 import numpy as np
 
 
@@ -424,7 +424,7 @@ def batchnorm_backward(dout, cache):
     return dx, dgamma, dbeta
 
 
-# ---- book/normalization.md:661 ----
+# ---- book/normalization.md:665 ----
 import numpy as np
 
 
@@ -449,7 +449,7 @@ def batchnorm_backward_alt(dout, cache):
     return dx, dgamma, dbeta
 
 
-# ---- book/normalization.md:781 ----
+# ---- book/normalization.md:785 ----
 import numpy as np
 
 
@@ -485,7 +485,7 @@ def spatial_batchnorm_backward(dout, cache):
     return dx, dgamma, dbeta
 
 
-# ---- book/normalization.md:896 ----
+# ---- book/normalization.md:902 ----
 import numpy as np
 
 
@@ -516,7 +516,7 @@ def standardize_backward(dxhat, xhat, inv_std, axis):
     return inv_std * (dxhat - mean_dxhat - xhat * (dxhat * xhat).mean(axis=axis, keepdims=True))
 
 
-# ---- book/normalization.md:968 ----
+# ---- book/normalization.md:974 ----
 import numpy as np
 
 
@@ -550,7 +550,7 @@ def layernorm_backward(dout, cache):
     return dx, dgamma, dbeta
 
 
-# ---- book/normalization.md:1050 ----
+# ---- book/normalization.md:1057 ----
 import numbers
 
 
@@ -562,7 +562,7 @@ def _norm_check_groups(name, G, C):
     return int(G)
 
 
-# ---- book/normalization.md:1064 ----
+# ---- book/normalization.md:1071 ----
 import numpy as np
 
 
@@ -602,7 +602,7 @@ def spatial_groupnorm_backward(dout, cache):
     return dx.reshape(xhat.shape), dgamma, dbeta
 
 
-# ---- book/dropout.md:166 ----
+# ---- book/dropout.md:165 ----
 import numbers
 
 import numpy as np
@@ -640,7 +640,7 @@ def _dropout_check_dout(dout, mask):
     return dout
 
 
-# ---- book/dropout.md:211 ----
+# ---- book/dropout.md:210 ----
 def dropout_forward(x, dropout_param):
     """Forward pass of (inverted) dropout.
 
@@ -680,7 +680,7 @@ def dropout_forward(x, dropout_param):
     return out, cache
 
 
-# ---- book/dropout.md:260 ----
+# ---- book/dropout.md:259 ----
 def dropout_backward(dout, cache):
     """Backward pass of (inverted) dropout.
 
@@ -1037,7 +1037,7 @@ def avg_pool_backward_naive(dout, cache):
     return dx
 
 
-# ---- book/fast_training.md:826 ----
+# ---- book/fast_training.md:829 ----
 import numpy as np
 
 

@@ -300,7 +300,7 @@ def residual_backward(dout, cache):
     return dx, dw, dgamma, dbeta
 
 
-# ---- book/fast_training.md:631 ----
+# ---- book/fast_training.md:632 ----
 def global_avg_pool_forward(x):
     """Mean over the pixels of each channel: x (N, H, W, C) -> out (N, C), cache."""
     _check_nhwc("global_avg_pool_forward", x)
@@ -331,7 +331,7 @@ def global_max_pool_backward(dout, cache):
     return dx.reshape(N, H, W, C)
 
 
-# ---- book/fast_training.md:1319 ----
+# ---- book/fast_training.md:1322 ----
 import numpy as np
 
 WINOGRAD_G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
@@ -381,7 +381,7 @@ def winograd_output_tiles(M, out):
         _at(s[a], [out[:, a::2, 0::2], out[:, a::2, 1::2]])  # ... then along the columns
 
 
-# ---- book/fast_training.md:1371 ----
+# ---- book/fast_training.md:1374 ----
 def _winograd_chunks(xp, Th, Tw, C, F, chunk_bytes):
     """Yield (n, m, V): images n .. n+m of xp as transformed tiles V (16, m*Th*Tw, C), in a
     buffer of about chunk_bytes (with the products' output, 16 numbers per tile and filter)."""
@@ -414,7 +414,7 @@ def winograd_conv_forward(x, w, pad=1, chunk_bytes=None):
     return out[:, :H_out, :W_out], (xp, w, pads, (H_out, W_out))
 
 
-# ---- book/fast_training.md:1412 ----
+# ---- book/fast_training.md:1415 ----
 def winograd_conv_backward(dout, cache, need_dx=True, chunk_bytes=None):
     """Backward pass of ``winograd_conv_forward``: dout (N, H_out, W_out, F) -> dx or None, dw."""
     xp, w, pads, (H_out, W_out) = cache

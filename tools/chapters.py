@@ -224,7 +224,7 @@ KNOWN_COPIES = {
 }
 #: The same copies in a few words, for the one-line note at the top of a page.
 KNOWN_COPIES_SHORT = {
-    "sha256:cfe025ff1607e37f": "the JPEG-derived copy of CIFAR-10 the book's CI uses",
+    "sha256:cfe025ff1607e37f": "the JPEG-derived copy of CIFAR-10 this book is built with",
 }
 
 

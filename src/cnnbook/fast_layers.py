@@ -3,7 +3,7 @@
 # Chapters: book/convolution.md, book/pooling.md
 
 
-# ---- book/convolution.md:1107 ----
+# ---- book/convolution.md:1108 ----
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
@@ -44,7 +44,7 @@ def col2im(dcols, x_shape, HH, WW, stride, pad):
     return dx_pad[:, :, pad:pad + H, pad:pad + W].transpose(1, 0, 2, 3)
 
 
-# ---- book/convolution.md:1192 ----
+# ---- book/convolution.md:1193 ----
 import numpy as np
 
 

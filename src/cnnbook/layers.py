@@ -751,7 +751,7 @@ def conv_output_size(size, field, stride=1, pad=0, name="conv_output_size", what
     return span // stride + 1
 
 
-# ---- book/convolution.md:552 ----
+# ---- book/convolution.md:553 ----
 import numbers
 
 import numpy as np
@@ -810,7 +810,7 @@ def _conv_check_dout(name, dout, shape, dtype):
     return dout.astype(dtype, copy=False)
 
 
-# ---- book/convolution.md:617 ----
+# ---- book/convolution.md:618 ----
 import numpy as np
 
 
@@ -839,7 +839,7 @@ def conv_forward_naive(x, w, b, conv_param):
     return out, (x, w, b, conv_param)
 
 
-# ---- book/convolution.md:654 ----
+# ---- book/convolution.md:655 ----
 import numpy as np
 
 

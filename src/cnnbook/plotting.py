@@ -88,7 +88,7 @@ def plot_histories(solvers, title=None):
     return fig
 
 
-# ---- book/convolution.md:421 ----
+# ---- book/convolution.md:419 ----
 import re
 
 _ANIMATION_ICONS = {

@@ -3,7 +3,7 @@
 # Chapters: book/fc_nets.md, book/convolution.md, book/convnet.md, book/fast_training.md
 
 
-# ---- book/fc_nets.md:930 ----
+# ---- book/fc_nets.md:961 ----
 import numpy as np
 
 
@@ -52,7 +52,7 @@ def plot_solver_history(solver, title=None, axes=None):
     return fig
 
 
-# ---- book/fc_nets.md:983 ----
+# ---- book/fc_nets.md:1014 ----
 import numpy as np
 
 

@@ -3,7 +3,7 @@
 # Chapters: book/fc_nets.md
 
 
-# ---- book/fc_nets.md:670 ----
+# ---- book/fc_nets.md:671 ----
 import os
 import pickle
 
@@ -35,7 +35,16 @@ def _get_update_rule(update_rule):
     return update_rule
 
 
-# ---- book/fc_nets.md:707 ----
+def _check_options(batch_size, sampling):
+    """Raise ValueError unless batch_size is a positive integer and sampling a known mode."""
+    if int(batch_size) != batch_size or batch_size < 1:
+        raise ValueError(f"Solver: batch_size must be a positive integer, got {batch_size!r}")
+    if sampling not in ("replacement", "permutation"):
+        raise ValueError(f"Solver: sampling must be 'replacement' or 'permutation', "
+                         f"got {sampling!r}")
+
+
+# ---- book/fc_nets.md:717 ----
 class Solver:
     """Trains a classification model with minibatch gradient descent (the cs231n Solver).
 
@@ -99,13 +108,7 @@ class Solver:
         if kwargs:
             raise ValueError(f"Solver: unrecognized argument(s) {', '.join(sorted(kwargs))}")
         self.update_rule = _get_update_rule(self.update_rule)
-        if int(self.batch_size) != self.batch_size or self.batch_size < 1:
-            raise ValueError(
-                f"Solver: batch_size must be a positive integer, got {self.batch_size!r}"
-            )
-        if self.sampling not in ("replacement", "permutation"):
-            raise ValueError(f"Solver: sampling must be 'replacement' or 'permutation', "
-                             f"got {self.sampling!r}")
+        _check_options(self.batch_size, self.sampling)
         self._reset()
 
     def _reset(self):
@@ -121,7 +124,7 @@ class Solver:
         self._order, self._position = None, 0  # the shuffled order of sampling="permutation"
         self._bar = None
 
-    # ---- book/fc_nets.md:803 ----
+    # ---- book/fc_nets.md:807 ----
     def _batch_indices(self, num_train):
         """Indices of the next minibatch, as the ``sampling`` option says."""
         if self.sampling == "replacement":
@@ -131,7 +134,7 @@ class Solver:
         start, self._position = self._position, self._position + self.batch_size
         return self._order[start:self._position]
 
-    # ---- book/fc_nets.md:814 ----
+    # ---- book/fc_nets.md:818 ----
     def _step(self):
         """One gradient update on a random minibatch. Called by train(), not by users."""
         num_train = self.X_train.shape[0]
@@ -145,7 +148,7 @@ class Solver:
             self.model.params[p] = next_w
             self.optim_configs[p] = next_config
 
-    # ---- book/fc_nets.md:836 ----
+    # ---- book/fc_nets.md:840 ----
     def check_accuracy(self, X, y, num_samples=None, batch_size=100):
         """Fraction of examples of X whose highest-scoring class is the label in y.
 
@@ -161,7 +164,7 @@ class Solver:
         y_pred = np.concatenate([np.argmax(s, axis=1) for s in scores])
         return float(np.mean(y_pred == y))
 
-    # ---- book/fc_nets.md:860 ----
+    # ---- book/fc_nets.md:864 ----
     def train(self):
         """Run the optimization; then give the model the parameters of the best validation accuracy."""
         num_train = self.X_train.shape[0]
@@ -187,7 +190,7 @@ class Solver:
         # Copies, so that training further does not overwrite best_params in place.
         self.model.params = {k: v.copy() for k, v in self.best_params.items()}
 
-    # ---- book/fc_nets.md:887 ----
+    # ---- book/fc_nets.md:891 ----
     def _check_and_keep_best(self):
         """Record train and validation accuracy; copy the parameters if they are the best so far."""
         train_acc = self.check_accuracy(self.X_train, self.y_train, num_samples=self.num_train_samples)
@@ -202,7 +205,7 @@ class Solver:
             self.best_val_acc = val_acc
             self.best_params = {k: v.copy() for k, v in self.model.params.items()}
 
-    # ---- book/fc_nets.md:908 ----
+    # ---- book/fc_nets.md:912 ----
     def _report_iteration(self, t, num_iterations):
         """Advance the progress bar; if verbose, print the loss every print_every iterations."""
         if self._bar is not None:
@@ -211,14 +214,14 @@ class Solver:
         if self.verbose and t % self.print_every == 0:
             self._print(f"(Iteration {t + 1} / {num_iterations}) loss: {self.loss_history[-1]:f}")
 
-    # ---- book/fc_nets.md:918 ----
+    # ---- book/fc_nets.md:922 ----
     def _print(self, message):
         if self._bar is not None:
             self._bar.write(message)  # keeps the progress bar intact
         else:
             print(message)
 
-    # ---- book/fc_nets.md:926 ----
+    # ---- book/fc_nets.md:930 ----
     def _progress_bar(self, total):
         """A tqdm bar over the iterations, or None (no tqdm, progress=False or TQDM_DISABLE set)."""
         if not self.progress or os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true", "yes"):
@@ -229,7 +232,7 @@ class Solver:
             return None
         return tqdm(total=total, unit="it", leave=False)
 
-    # ---- book/fc_nets.md:938 ----
+    # ---- book/fc_nets.md:942 ----
     def _save_checkpoint(self):
         """Pickle the model and the training state to "{checkpoint_name}_epoch_{epoch}.pkl"."""
         if self.checkpoint_name is None:

@@ -288,3 +288,65 @@ def test_plotting_returns_figures(data):
     assert plot_solver_history(solvers["adam"], axes=axes) is fig3
     for f in (fig, fig2, fig3):
         plt.close(f)
+
+
+class Recorder:
+    """A model that records the first feature (the example's index) of every training batch."""
+
+    def __init__(self):
+        self.params = {"w": np.zeros(1)}
+        self.batches = []
+
+    def loss(self, X, y=None):
+        if y is None:
+            return np.zeros((len(X), C))
+        self.batches.append(X[:, 0].astype(int))
+        return 0.0, {"w": np.zeros(1)}
+
+
+def indexed_data(n):
+    X = np.arange(n, dtype=np.float64)[:, None]
+    y = np.zeros(n, dtype=int)
+    return {"X_train": X, "y_train": y, "X_val": X[:5], "y_val": y[:5]}
+
+
+def test_sampling_permutation_visits_every_example_once_per_epoch():
+    model = Recorder()
+    solver = Solver(model, indexed_data(103), **quiet(sampling="permutation", num_epochs=3,
+                                                      batch_size=10, seed=0))
+    solver.train()
+    assert solver.sampling == "permutation" and len(model.batches) == 3 * 10
+    epochs = [np.concatenate(model.batches[e * 10:(e + 1) * 10]) for e in range(3)]
+    for seen in epochs:
+        assert len(seen) == 100 and len(np.unique(seen)) == 100  # no example twice in an epoch
+    assert not np.array_equal(epochs[0], epochs[1])  # a new shuffle every epoch
+
+
+def test_sampling_replacement_is_the_default_and_repeats_examples():
+    model = Recorder()
+    solver = Solver(model, indexed_data(1000), **quiet(num_epochs=1, batch_size=50, seed=0))
+    solver.train()
+    seen = np.concatenate(model.batches)
+    assert solver.sampling == "replacement" and len(seen) == 1000
+    assert 0.55 < len(np.unique(seen)) / 1000 < 0.72  # about 1 - 1/e = 63 % distinct
+
+
+def test_sampling_replacement_draws_as_before():
+    """The default draws rng.choice(num_train, batch_size) per step: outputs of chapters stay."""
+    model = Recorder()
+    Solver(model, indexed_data(60), **quiet(num_epochs=1, batch_size=20, seed=5)).train()
+    rng = np.random.default_rng(5)
+    for batch in model.batches:
+        np.testing.assert_array_equal(batch, rng.choice(60, 20))
+
+
+def test_sampling_permutation_batch_larger_than_the_data():
+    model = Recorder()
+    Solver(model, indexed_data(7), **quiet(sampling="permutation", num_epochs=2, batch_size=10,
+                                           seed=0)).train()
+    assert [sorted(b) for b in model.batches] == [list(range(7))] * 2
+
+
+def test_sampling_is_validated(data):
+    with pytest.raises(ValueError, match="sampling must be 'replacement' or 'permutation'.*'shuffle'"):
+        Solver(small_model(), data, sampling="shuffle")

@@ -3,7 +3,7 @@
 # Chapters: book/fc_nets.md, book/convolution.md, book/convnet.md, book/fast_training.md
 
 
-# ---- book/fc_nets.md:930 ----
+# ---- book/fc_nets.md:965 ----
 import numpy as np
 
 
@@ -52,7 +52,7 @@ def plot_solver_history(solver, title=None, axes=None):
     return fig
 
 
-# ---- book/fc_nets.md:983 ----
+# ---- book/fc_nets.md:1018 ----
 import numpy as np
 
 
@@ -120,7 +120,7 @@ def animation_html(anim, anim_id, fps=1):
     return re.sub(r'<i class="fa ([a-z -]+)"></i>', icon, html)
 
 
-# ---- book/convnet.md:530 ----
+# ---- book/convnet.md:586 ----
 import math
 
 import numpy as np

@@ -3,7 +3,7 @@
 # Chapters: book/fc_nets.md
 
 
-# ---- book/fc_nets.md:663 ----
+# ---- book/fc_nets.md:671 ----
 import os
 import pickle
 
@@ -35,7 +35,16 @@ def _get_update_rule(update_rule):
     return update_rule
 
 
-# ---- book/fc_nets.md:700 ----
+def _check_options(batch_size, sampling):
+    """Raise ValueError unless batch_size is a positive integer and sampling a known mode."""
+    if int(batch_size) != batch_size or batch_size < 1:
+        raise ValueError(f"Solver: batch_size must be a positive integer, got {batch_size!r}")
+    if sampling not in ("replacement", "permutation"):
+        raise ValueError(f"Solver: sampling must be 'replacement' or 'permutation', "
+                         f"got {sampling!r}")
+
+
+# ---- book/fc_nets.md:717 ----
 class Solver:
     """Trains a classification model with minibatch gradient descent (the cs231n Solver).
 
@@ -69,6 +78,11 @@ class Solver:
     print_every : print the loss every this many iterations (if verbose) [10].
     verbose : print the loss and the accuracies during training [True].
     seed : seed of ``np.random.default_rng`` that samples the minibatches and accuracy subsets.
+    sampling : how minibatches are drawn ["replacement"]. "replacement" (cs231n): each minibatch
+        is ``batch_size`` indices drawn uniformly with replacement. "permutation": every epoch
+        shuffles the training set and takes consecutive minibatches of the shuffled order, so
+        that each example is used at most once per epoch (the last N_train % batch_size not at
+        all; a batch_size above N_train gives minibatches of the whole set).
     progress : show a tqdm progress bar over the iterations, if tqdm is installed [True].
     """
 
@@ -90,13 +104,11 @@ class Solver:
         self.verbose = kwargs.pop("verbose", True)
         self.seed = kwargs.pop("seed", None)
         self.progress = kwargs.pop("progress", True)
+        self.sampling = kwargs.pop("sampling", "replacement")
         if kwargs:
             raise ValueError(f"Solver: unrecognized argument(s) {', '.join(sorted(kwargs))}")
         self.update_rule = _get_update_rule(self.update_rule)
-        if int(self.batch_size) != self.batch_size or self.batch_size < 1:
-            raise ValueError(
-                f"Solver: batch_size must be a positive integer, got {self.batch_size!r}"
-            )
+        _check_options(self.batch_size, self.sampling)
         self._reset()
 
     def _reset(self):
@@ -109,13 +121,24 @@ class Solver:
         self.val_acc_history = []
         self.optim_configs = {p: dict(self.optim_config) for p in self.model.params}
         self._rng = np.random.default_rng(self.seed)
+        self._order, self._position = None, 0  # the shuffled order of sampling="permutation"
         self._bar = None
 
-    # ---- book/fc_nets.md:783 ----
+    # ---- book/fc_nets.md:807 ----
+    def _batch_indices(self, num_train):
+        """Indices of the next minibatch, as the ``sampling`` option says."""
+        if self.sampling == "replacement":
+            return self._rng.choice(num_train, self.batch_size)
+        if self._order is None or self._position + self.batch_size > num_train:
+            self._order, self._position = self._rng.permutation(num_train), 0
+        start, self._position = self._position, self._position + self.batch_size
+        return self._order[start:self._position]
+
+    # ---- book/fc_nets.md:818 ----
     def _step(self):
         """One gradient update on a random minibatch. Called by train(), not by users."""
         num_train = self.X_train.shape[0]
-        batch_mask = self._rng.choice(num_train, self.batch_size)
+        batch_mask = self._batch_indices(num_train)
         X_batch, y_batch = self.X_train[batch_mask], self.y_train[batch_mask]
 
         loss, grads = self.model.loss(X_batch, y_batch)
@@ -125,7 +148,7 @@ class Solver:
             self.model.params[p] = next_w
             self.optim_configs[p] = next_config
 
-    # ---- book/fc_nets.md:805 ----
+    # ---- book/fc_nets.md:840 ----
     def check_accuracy(self, X, y, num_samples=None, batch_size=100):
         """Fraction of examples of X whose highest-scoring class is the label in y.
 
@@ -141,7 +164,7 @@ class Solver:
         y_pred = np.concatenate([np.argmax(s, axis=1) for s in scores])
         return float(np.mean(y_pred == y))
 
-    # ---- book/fc_nets.md:829 ----
+    # ---- book/fc_nets.md:864 ----
     def train(self):
         """Run the optimization; then give the model the parameters of the best validation accuracy."""
         num_train = self.X_train.shape[0]
@@ -167,7 +190,7 @@ class Solver:
         # Copies, so that training further does not overwrite best_params in place.
         self.model.params = {k: v.copy() for k, v in self.best_params.items()}
 
-    # ---- book/fc_nets.md:856 ----
+    # ---- book/fc_nets.md:891 ----
     def _check_and_keep_best(self):
         """Record train and validation accuracy; copy the parameters if they are the best so far."""
         train_acc = self.check_accuracy(self.X_train, self.y_train, num_samples=self.num_train_samples)
@@ -182,7 +205,7 @@ class Solver:
             self.best_val_acc = val_acc
             self.best_params = {k: v.copy() for k, v in self.model.params.items()}
 
-    # ---- book/fc_nets.md:877 ----
+    # ---- book/fc_nets.md:912 ----
     def _report_iteration(self, t, num_iterations):
         """Advance the progress bar; if verbose, print the loss every print_every iterations."""
         if self._bar is not None:
@@ -191,14 +214,14 @@ class Solver:
         if self.verbose and t % self.print_every == 0:
             self._print(f"(Iteration {t + 1} / {num_iterations}) loss: {self.loss_history[-1]:f}")
 
-    # ---- book/fc_nets.md:887 ----
+    # ---- book/fc_nets.md:922 ----
     def _print(self, message):
         if self._bar is not None:
             self._bar.write(message)  # keeps the progress bar intact
         else:
             print(message)
 
-    # ---- book/fc_nets.md:895 ----
+    # ---- book/fc_nets.md:930 ----
     def _progress_bar(self, total):
         """A tqdm bar over the iterations, or None (no tqdm, progress=False or TQDM_DISABLE set)."""
         if not self.progress or os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true", "yes"):
@@ -209,7 +232,7 @@ class Solver:
             return None
         return tqdm(total=total, unit="it", leave=False)
 
-    # ---- book/fc_nets.md:907 ----
+    # ---- book/fc_nets.md:942 ----
     def _save_checkpoint(self):
         """Pickle the model and the training state to "{checkpoint_name}_epoch_{epoch}.pkl"."""
         if self.checkpoint_name is None:

@@ -3,7 +3,7 @@
 # Chapters: book/convolution.md, book/pooling.md
 
 
-# ---- book/convolution.md:1108 ----
+# ---- book/convolution.md:1116 ----
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
@@ -44,7 +44,7 @@ def col2im(dcols, x_shape, HH, WW, stride, pad):
     return dx_pad[:, :, pad:pad + H, pad:pad + W].transpose(1, 0, 2, 3)
 
 
-# ---- book/convolution.md:1193 ----
+# ---- book/convolution.md:1201 ----
 import numpy as np
 
 
@@ -94,7 +94,7 @@ def conv_backward_fast(dout, cache):
     return dx, dw, db
 
 
-# ---- book/pooling.md:541 ----
+# ---- book/pooling.md:543 ----
 import numpy as np
 
 
@@ -116,7 +116,7 @@ def _pool_views(x, PH, PW, S, H_out, W_out):
     return [x[:, :, a:a + rows:S, b:b + cols:S] for a in range(PH) for b in range(PW)]
 
 
-# ---- book/pooling.md:594 ----
+# ---- book/pooling.md:596 ----
 import numpy as np
 
 from cnnbook.layers import _pool_check_dout, _pool_check_input
@@ -161,7 +161,7 @@ def max_pool_backward_fast(dout, cache):
     return dx
 
 
-# ---- book/pooling.md:644 ----
+# ---- book/pooling.md:646 ----
 import numpy as np
 
 from cnnbook.layers import _pool_check_dout, _pool_check_input

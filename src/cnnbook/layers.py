@@ -751,7 +751,7 @@ def conv_output_size(size, field, stride=1, pad=0, name="conv_output_size", what
     return span // stride + 1
 
 
-# ---- book/convolution.md:553 ----
+# ---- book/convolution.md:560 ----
 import numbers
 
 import numpy as np
@@ -810,7 +810,7 @@ def _conv_check_dout(name, dout, shape, dtype):
     return dout.astype(dtype, copy=False)
 
 
-# ---- book/convolution.md:618 ----
+# ---- book/convolution.md:625 ----
 import numpy as np
 
 
@@ -839,7 +839,7 @@ def conv_forward_naive(x, w, b, conv_param):
     return out, (x, w, b, conv_param)
 
 
-# ---- book/convolution.md:655 ----
+# ---- book/convolution.md:662 ----
 import numpy as np
 
 
@@ -872,7 +872,7 @@ def conv_backward_naive(dout, cache):
     return dx_pad[:, :, P:P + H, P:P + W], dw_rows.reshape(w.shape), db
 
 
-# ---- book/pooling.md:162 ----
+# ---- book/pooling.md:164 ----
 import numbers
 
 import numpy as np
@@ -921,7 +921,7 @@ def _pool_check_dout(name, dout, shape, dtype):
     return dout.astype(dtype, copy=False)
 
 
-# ---- book/pooling.md:217 ----
+# ---- book/pooling.md:219 ----
 import numpy as np
 
 
@@ -954,7 +954,7 @@ def max_pool_forward_naive(x, pool_param):
     return out, cache
 
 
-# ---- book/pooling.md:311 ----
+# ---- book/pooling.md:313 ----
 import numpy as np
 
 
@@ -993,7 +993,7 @@ def max_pool_backward_naive(dout, cache):
     return dx
 
 
-# ---- book/pooling.md:456 ----
+# ---- book/pooling.md:458 ----
 import numpy as np
 
 

@@ -88,7 +88,7 @@ def plot_histories(solvers, title=None):
     return fig
 
 
-# ---- book/convolution.md:419 ----
+# ---- book/convolution.md:424 ----
 import re
 
 _ANIMATION_ICONS = {

@@ -383,7 +383,7 @@ def batchnorm_forward(x, gamma, beta, bn_param):
     return out, cache
 
 
-# ---- book/normalization.md:523 ----
+# ---- book/normalization.md:522 ----
 import numpy as np
 
 
@@ -424,7 +424,7 @@ def batchnorm_backward(dout, cache):
     return dx, dgamma, dbeta
 
 
-# ---- book/normalization.md:665 ----
+# ---- book/normalization.md:664 ----
 import numpy as np
 
 

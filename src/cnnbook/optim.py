@@ -3,7 +3,7 @@
 # Chapters: book/optimizers.md, book/fast_training.md
 
 
-# ---- book/optimizers.md:108 ----
+# ---- book/optimizers.md:109 ----
 import numpy as np
 
 
@@ -58,7 +58,7 @@ def _state(rule, config, key, w):
     return state
 
 
-# ---- book/optimizers.md:168 ----
+# ---- book/optimizers.md:169 ----
 import numpy as np
 
 #: How each hyperparameter is validated.
@@ -85,7 +85,7 @@ def _step_count(rule, config):
     return int(t)
 
 
-# ---- book/optimizers.md:197 ----
+# ---- book/optimizers.md:198 ----
 import numpy as np
 
 
@@ -121,7 +121,7 @@ def sgd(w, dw, config=None):
     return next_w.astype(w.dtype, copy=False), config
 
 
-# ---- book/optimizers.md:278 ----
+# ---- book/optimizers.md:280 ----
 import numpy as np
 
 
@@ -169,7 +169,7 @@ def sgd_momentum(w, dw, config=None):
     return next_w.astype(w.dtype, copy=False), config
 
 
-# ---- book/optimizers.md:378 ----
+# ---- book/optimizers.md:380 ----
 import numpy as np
 
 
@@ -219,7 +219,7 @@ def rmsprop(w, dw, config=None):
     return next_w.astype(w.dtype, copy=False), config
 
 
-# ---- book/optimizers.md:468 ----
+# ---- book/optimizers.md:470 ----
 import numpy as np
 
 
@@ -271,7 +271,7 @@ def adam(w, dw, config=None):
     return next_w.astype(w.dtype, copy=False), config
 
 
-# ---- book/optimizers.md:935 ----
+# ---- book/optimizers.md:942 ----
 #: Number of arrays of the shape of a parameter that each update rule keeps in ``config``
 #: (Adam's step counter ``t`` is a scalar and is not counted).
 STATE_PER_PARAMETER = {"sgd": 0, "sgd_momentum": 1, "rmsprop": 1, "adam": 2}

@@ -3,7 +3,7 @@
 # Chapters: book/preface.md
 
 
-# ---- book/preface.md:136 ----
+# ---- book/preface.md:142 ----
 def add_to_class(cls):
     """Decorator: attach the function below it to the class ``cls`` as a method.
 

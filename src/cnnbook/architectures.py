@@ -615,7 +615,7 @@ def googlenet():
     return spec + [avgpool(7, 1, name="avgpool"), fc(1000, name="linear")]
 
 
-# ---- book/architectures.md:1483 ----
+# ---- book/architectures.md:1484 ----
 # Block types and the number of blocks per stage (conv2_x ... conv5_x), He et al. (2016), Table 1.
 RESNET_STAGES = {18: ("basic", (2, 2, 2, 2)), 34: ("basic", (3, 4, 6, 3)),
                  50: ("bottleneck", (3, 4, 6, 3)), 101: ("bottleneck", (3, 4, 23, 3)),

@@ -3,7 +3,7 @@
 # Chapters: book/architectures.md
 
 
-# ---- book/architectures.md:77 ----
+# ---- book/architectures.md:78 ----
 def _layer(kind, name=None, **fields):
     """A layer dict: ``{"kind": kind, **fields}``, plus ``"name"`` if one is given."""
     layer = {"kind": kind, **fields}
@@ -65,7 +65,7 @@ def residual(body, shortcut=(), name=None):
     return _layer("residual", name, body=list(body), shortcut=list(shortcut))
 
 
-# ---- book/architectures.md:147 ----
+# ---- book/architectures.md:148 ----
 import numbers
 
 # The integer fields of each kind of layer, with the smallest value each may take.
@@ -147,7 +147,7 @@ def check_spec(spec, caller="check_spec"):
     return [_complete_layer(caller, i, layer, counts) for i, layer in enumerate(spec)]
 
 
-# ---- book/architectures.md:258 ----
+# ---- book/architectures.md:259 ----
 import math
 
 from cnnbook.layers import conv_output_size
@@ -221,7 +221,7 @@ def _residual_counts(layer, shape, where):
             sum(r["macs"] for r in inner), sum(r["activations"] for r in inner) + math.prod(out))
 
 
-# ---- book/architectures.md:337 ----
+# ---- book/architectures.md:338 ----
 def layer_table(spec, caller="layer_table"):
     """One row per layer of ``spec``: a dict with the layer's ``name``, ``kind``, output
     ``shape`` (C, H, W), ``params`` (= ``weights`` + ``biases``), ``macs`` (multiply-adds of
@@ -259,7 +259,7 @@ def format_table(rows, hide=("relu",)):
     return "\n".join(lines)
 
 
-# ---- book/architectures.md:441 ----
+# ---- book/architectures.md:442 ----
 import numbers
 import warnings
 
@@ -284,7 +284,7 @@ def _check_pattern(N, M, K, filters):
     return filters
 
 
-# ---- book/architectures.md:468 ----
+# ---- book/architectures.md:469 ----
 def pattern_spec(N, M, K, input_shape=(3, 32, 32), filters=32, filter_size=3, hidden=100,
                  num_classes=10, pool=True):
     """The spec of INPUT -> [[CONV -> RELU]*N -> POOL?]*M -> [FC -> RELU]*K -> FC.
@@ -311,7 +311,7 @@ def pattern_spec(N, M, K, input_shape=(3, 32, 32), filters=32, filter_size=3, hi
 pool_layer = pool  # the argument ``pool`` of pattern_spec hides the function of that name
 
 
-# ---- book/architectures.md:535 ----
+# ---- book/architectures.md:536 ----
 def _check_buildable(layers):
     """Raise ValueError, naming the layer, for what SpecNet cannot run."""
     for i, layer in enumerate(layers[1:], start=1):
@@ -329,7 +329,7 @@ def _check_buildable(layers):
         raise ValueError(f"SpecNet: the last layer ({layers[-1]['name']}) must be fc, the scores")
 
 
-# ---- book/architectures.md:555 ----
+# ---- book/architectures.md:556 ----
 import math
 
 import numpy as np
@@ -370,7 +370,7 @@ class SpecNet:
                 self.params[f"b{i}"] = np.zeros(units, dtype=dtype)
             self.layers.append((layer["kind"], layer, i))
 
-    # ---- book/architectures.md:607 ----
+    # ---- book/architectures.md:608 ----
     def _forward(self, kind, layer, i, x):
         """One layer's forward pass: (out, cache)."""
         if kind == "relu":
@@ -385,7 +385,7 @@ class SpecNet:
             return fast_layers.conv_forward_fast(x, W, b, conv_param)
         return affine_forward(x, W, b)
 
-    # ---- book/architectures.md:623 ----
+    # ---- book/architectures.md:624 ----
     def _backward(self, kind, i, dout, cache, grads):
         """One layer's backward pass: the gradient of its input; stores dW{i}, db{i} in grads."""
         if kind == "relu":
@@ -396,7 +396,7 @@ class SpecNet:
         dx, grads[f"W{i}"], grads[f"b{i}"] = backward(dout, cache)
         return dx
 
-    # ---- book/architectures.md:642 ----
+    # ---- book/architectures.md:643 ----
     def loss(self, X, y=None):
         """Scores (N, num_classes) if y is None; else (loss, grads), grads keyed like params.
 
@@ -427,17 +427,17 @@ class SpecNet:
         return loss, grads
 
 
-# ---- book/architectures.md:602 ----
+# ---- book/architectures.md:603 ----
 from cnnbook import fast_layers
 from cnnbook.layers import affine_backward, affine_forward, relu_backward, relu_forward
 
 
-# ---- book/architectures.md:637 ----
+# ---- book/architectures.md:638 ----
 from cnnbook.classifiers import _check_batch
 from cnnbook.layers import softmax_loss
 
 
-# ---- book/architectures.md:761 ----
+# ---- book/architectures.md:762 ----
 def receptive_field(spec):
     """Receptive field along one axis, in input pixels, of one unit of the last layer of a spec
     of conv, relu, pool and avgpool layers: r = 1 + sum_l (k_l - 1) * (product of the strides
@@ -455,7 +455,7 @@ def receptive_field(spec):
     return field
 
 
-# ---- book/architectures.md:814 ----
+# ---- book/architectures.md:815 ----
 import tracemalloc
 
 
@@ -478,7 +478,7 @@ def traced_memory(fn, *args, **kwargs):
     return result, peak - base, current - base
 
 
-# ---- book/architectures.md:948 ----
+# ---- book/architectures.md:949 ----
 def _conv_rules(layer, in_shape, out_shape, first_conv):
     """The messages of the sizing rules a conv layer breaks."""
     name, F, S, P = layer["name"], layer["size"], layer["stride"], layer["pad"]
@@ -508,7 +508,7 @@ def _window_rounds(layer, in_shape):
             f"the spec rounds the output size {'down' if layer['rounding'] == 'floor' else 'up'}"]
 
 
-# ---- book/architectures.md:980 ----
+# ---- book/architectures.md:981 ----
 def check_sizing_rules(spec, min_halvings=4):
     """Check a spec against the sizing rules of the cs231n notes; return a list of messages,
     one per rule a layer breaks, each naming the layer (empty: all rules hold).
@@ -550,7 +550,7 @@ def _layer_rules(layers, rows, prefix, convs):
     return found
 
 
-# ---- book/architectures.md:1146 ----
+# ---- book/architectures.md:1147 ----
 def lenet5():
     """LeNet-5 (LeCun et al., 1998), with layer names C1 ... F6 as in the paper."""
     return [input_layer(1, 32), conv(6, 5, name="C1"), relu(), pool(2, name="S2"),
@@ -590,7 +590,7 @@ def vgg16(num_classes=1000):
                    fc(num_classes, name="fc8")]
 
 
-# ---- book/architectures.md:1188 ----
+# ---- book/architectures.md:1189 ----
 # GoogLeNet's inception modules (Szegedy et al., 2015, Table 1): #1x1, #3x3 reduce, #3x3,
 # #5x5 reduce, #5x5, pool proj.
 GOOGLENET_INCEPTION = {
@@ -615,7 +615,7 @@ def googlenet():
     return spec + [avgpool(7, 1, name="avgpool"), fc(1000, name="linear")]
 
 
-# ---- book/architectures.md:1483 ----
+# ---- book/architectures.md:1485 ----
 # Block types and the number of blocks per stage (conv2_x ... conv5_x), He et al. (2016), Table 1.
 RESNET_STAGES = {18: ("basic", (2, 2, 2, 2)), 34: ("basic", (3, 4, 6, 3)),
                  50: ("bottleneck", (3, 4, 6, 3)), 101: ("bottleneck", (3, 4, 23, 3)),

@@ -3,7 +3,7 @@
 # Chapters: book/fc_to_conv.md
 
 
-# ---- book/fc_to_conv.md:207 ----
+# ---- book/fc_to_conv.md:209 ----
 import numbers
 
 import numpy as np
@@ -29,7 +29,7 @@ def _check_fc_to_conv(name, W, b, input_shape):
     return W, b, shape
 
 
-# ---- book/fc_to_conv.md:235 ----
+# ---- book/fc_to_conv.md:237 ----
 def fc_to_conv(W, b, input_shape):
     """The convolution that computes what an affine layer computes on a volume.
 

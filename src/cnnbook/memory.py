@@ -99,7 +99,7 @@ def memory_estimate(spec, batch_size, dtype=np.float32, optimizer="sgd_momentum"
     return {**parts, **total}
 
 
-# ---- book/memory.md:450 ----
+# ---- book/memory.md:457 ----
 def max_batch_size(spec, memory_bytes, **kwargs):
     """The largest batch whose predicted training memory, ``memory_estimate(spec, batch,
     **kwargs)["train"]``, fits in ``memory_bytes``; 0 if not even one example fits."""

@@ -87,6 +87,7 @@ _OTHER_FIELDS = {"conv": {"rounding", "bias"}, "pool": {"rounding"}, "avgpool": 
                  "residual": {"body", "shortcut"}}
 
 
+# ---- book/architectures.md:175 ----
 def _check_block(where, layer):
     """Check the two layer lists of a residual block (each as a spec after an input layer)."""
     for field in ("body", "shortcut"):
@@ -147,7 +148,7 @@ def check_spec(spec, caller="check_spec"):
     return [_complete_layer(caller, i, layer, counts) for i, layer in enumerate(spec)]
 
 
-# ---- book/architectures.md:259 ----
+# ---- book/architectures.md:265 ----
 import math
 
 from cnnbook.layers import conv_output_size
@@ -221,7 +222,7 @@ def _residual_counts(layer, shape, where):
             sum(r["macs"] for r in inner), sum(r["activations"] for r in inner) + math.prod(out))
 
 
-# ---- book/architectures.md:338 ----
+# ---- book/architectures.md:344 ----
 def layer_table(spec, caller="layer_table"):
     """One row per layer of ``spec``: a dict with the layer's ``name``, ``kind``, output
     ``shape`` (C, H, W), ``params`` (= ``weights`` + ``biases``), ``macs`` (multiply-adds of
@@ -259,7 +260,7 @@ def format_table(rows, hide=("relu",)):
     return "\n".join(lines)
 
 
-# ---- book/architectures.md:442 ----
+# ---- book/architectures.md:448 ----
 import numbers
 import warnings
 
@@ -284,7 +285,7 @@ def _check_pattern(N, M, K, filters):
     return filters
 
 
-# ---- book/architectures.md:469 ----
+# ---- book/architectures.md:475 ----
 def pattern_spec(N, M, K, input_shape=(3, 32, 32), filters=32, filter_size=3, hidden=100,
                  num_classes=10, pool=True):
     """The spec of INPUT -> [[CONV -> RELU]*N -> POOL?]*M -> [FC -> RELU]*K -> FC.
@@ -311,7 +312,7 @@ def pattern_spec(N, M, K, input_shape=(3, 32, 32), filters=32, filter_size=3, hi
 pool_layer = pool  # the argument ``pool`` of pattern_spec hides the function of that name
 
 
-# ---- book/architectures.md:536 ----
+# ---- book/architectures.md:542 ----
 def _check_buildable(layers):
     """Raise ValueError, naming the layer, for what SpecNet cannot run."""
     for i, layer in enumerate(layers[1:], start=1):
@@ -329,7 +330,7 @@ def _check_buildable(layers):
         raise ValueError(f"SpecNet: the last layer ({layers[-1]['name']}) must be fc, the scores")
 
 
-# ---- book/architectures.md:556 ----
+# ---- book/architectures.md:562 ----
 import math
 
 import numpy as np
@@ -370,7 +371,7 @@ class SpecNet:
                 self.params[f"b{i}"] = np.zeros(units, dtype=dtype)
             self.layers.append((layer["kind"], layer, i))
 
-    # ---- book/architectures.md:608 ----
+    # ---- book/architectures.md:614 ----
     def _forward(self, kind, layer, i, x):
         """One layer's forward pass: (out, cache)."""
         if kind == "relu":
@@ -385,7 +386,7 @@ class SpecNet:
             return fast_layers.conv_forward_fast(x, W, b, conv_param)
         return affine_forward(x, W, b)
 
-    # ---- book/architectures.md:624 ----
+    # ---- book/architectures.md:630 ----
     def _backward(self, kind, i, dout, cache, grads):
         """One layer's backward pass: the gradient of its input; stores dW{i}, db{i} in grads."""
         if kind == "relu":
@@ -396,7 +397,7 @@ class SpecNet:
         dx, grads[f"W{i}"], grads[f"b{i}"] = backward(dout, cache)
         return dx
 
-    # ---- book/architectures.md:643 ----
+    # ---- book/architectures.md:649 ----
     def loss(self, X, y=None):
         """Scores (N, num_classes) if y is None; else (loss, grads), grads keyed like params.
 
@@ -427,17 +428,17 @@ class SpecNet:
         return loss, grads
 
 
-# ---- book/architectures.md:603 ----
+# ---- book/architectures.md:609 ----
 from cnnbook import fast_layers
 from cnnbook.layers import affine_backward, affine_forward, relu_backward, relu_forward
 
 
-# ---- book/architectures.md:638 ----
+# ---- book/architectures.md:644 ----
 from cnnbook.classifiers import _check_batch
 from cnnbook.layers import softmax_loss
 
 
-# ---- book/architectures.md:762 ----
+# ---- book/architectures.md:768 ----
 def receptive_field(spec):
     """Receptive field along one axis, in input pixels, of one unit of the last layer of a spec
     of conv, relu, pool and avgpool layers: r = 1 + sum_l (k_l - 1) * (product of the strides
@@ -455,7 +456,7 @@ def receptive_field(spec):
     return field
 
 
-# ---- book/architectures.md:815 ----
+# ---- book/architectures.md:821 ----
 import tracemalloc
 
 
@@ -478,7 +479,7 @@ def traced_memory(fn, *args, **kwargs):
     return result, peak - base, current - base
 
 
-# ---- book/architectures.md:949 ----
+# ---- book/architectures.md:955 ----
 def _conv_rules(layer, in_shape, out_shape, first_conv):
     """The messages of the sizing rules a conv layer breaks."""
     name, F, S, P = layer["name"], layer["size"], layer["stride"], layer["pad"]
@@ -508,7 +509,7 @@ def _window_rounds(layer, in_shape):
             f"the spec rounds the output size {'down' if layer['rounding'] == 'floor' else 'up'}"]
 
 
-# ---- book/architectures.md:981 ----
+# ---- book/architectures.md:987 ----
 def check_sizing_rules(spec, min_halvings=4):
     """Check a spec against the sizing rules of the cs231n notes; return a list of messages,
     one per rule a layer breaks, each naming the layer (empty: all rules hold).
@@ -550,7 +551,7 @@ def _layer_rules(layers, rows, prefix, convs):
     return found
 
 
-# ---- book/architectures.md:1147 ----
+# ---- book/architectures.md:1153 ----
 def lenet5():
     """LeNet-5 (LeCun et al., 1998), with layer names C1 ... F6 as in the paper."""
     return [input_layer(1, 32), conv(6, 5, name="C1"), relu(), pool(2, name="S2"),
@@ -590,7 +591,7 @@ def vgg16(num_classes=1000):
                    fc(num_classes, name="fc8")]
 
 
-# ---- book/architectures.md:1189 ----
+# ---- book/architectures.md:1195 ----
 # GoogLeNet's inception modules (Szegedy et al., 2015, Table 1): #1x1, #3x3 reduce, #3x3,
 # #5x5 reduce, #5x5, pool proj.
 GOOGLENET_INCEPTION = {
@@ -615,7 +616,7 @@ def googlenet():
     return spec + [avgpool(7, 1, name="avgpool"), fc(1000, name="linear")]
 
 
-# ---- book/architectures.md:1485 ----
+# ---- book/architectures.md:1491 ----
 # Block types and the number of blocks per stage (conv2_x ... conv5_x), He et al. (2016), Table 1.
 RESNET_STAGES = {18: ("basic", (2, 2, 2, 2)), 34: ("basic", (3, 4, 6, 3)),
                  50: ("bottleneck", (3, 4, 6, 3)), 101: ("bottleneck", (3, 4, 23, 3)),

@@ -112,14 +112,15 @@ def test_backward_all_ones_counts_windows():
         assert db[0] == 16 and dw.shape == w.shape
 
 
-@pytest.mark.parametrize("forward, backward", PAIRS)
-def test_gradient_check_float64(forward, backward):
-    rng = np.random.default_rng(3)  # the chapter's gradient check
-    x = rng.standard_normal((2, 3, 7, 7))
+def _checked_gradients(forward, backward, rng, x_shape, cp, out_shape=None):
+    """Random float64 x (x_shape), w (4, 3, 3, 3), b, dout; assert that the analytic
+    gradients of the layer match the numerical ones (< 1e-7); return dx."""
+    x = rng.standard_normal(x_shape)
     w = rng.standard_normal((4, 3, 3, 3))
     b = rng.standard_normal(4)
-    cp = {"stride": 2, "pad": 1}
     out, cache = forward(x, w, b, cp)
+    if out_shape is not None:
+        assert out.shape == out_shape
     dout = rng.standard_normal(out.shape)
     dx, dw, db = backward(dout, cache)
     num_dx = eval_numerical_gradient_array(lambda x: forward(x, w, b, cp)[0], x, dout)
@@ -128,6 +129,13 @@ def test_gradient_check_float64(forward, backward):
     assert rel_error(dx, num_dx) < 1e-7
     assert rel_error(dw, num_dw) < 1e-7
     assert rel_error(db, num_db) < 1e-7
+    return dx
+
+
+@pytest.mark.parametrize("forward, backward", PAIRS)
+def test_gradient_check_float64(forward, backward):
+    rng = np.random.default_rng(3)  # the chapter's gradient check
+    _checked_gradients(forward, backward, rng, (2, 3, 7, 7), {"stride": 2, "pad": 1})
 
 
 @pytest.mark.parametrize("forward, backward", PAIRS)
@@ -210,19 +218,7 @@ FLOOR = {"stride": 2, "pad": 0, "rounding": "floor"}
 @pytest.mark.parametrize("forward, backward", PAIRS)
 def test_floor_mode_gradient_check_float64(forward, backward):
     rng = np.random.default_rng(11)  # the chapter's floor-mode check: row 7 is never read
-    x = rng.standard_normal((2, 3, 8, 9))
-    w = rng.standard_normal((4, 3, 3, 3))
-    b = rng.standard_normal(4)
-    out, cache = forward(x, w, b, FLOOR)
-    assert out.shape == (2, 4, 3, 4)
-    dout = rng.standard_normal(out.shape)
-    dx, dw, db = backward(dout, cache)
-    num_dx = eval_numerical_gradient_array(lambda x: forward(x, w, b, FLOOR)[0], x, dout)
-    num_dw = eval_numerical_gradient_array(lambda w: forward(x, w, b, FLOOR)[0], w, dout)
-    num_db = eval_numerical_gradient_array(lambda b: forward(x, w, b, FLOOR)[0], b, dout)
-    assert rel_error(dx, num_dx) < 1e-7
-    assert rel_error(dw, num_dw) < 1e-7
-    assert rel_error(db, num_db) < 1e-7
+    dx = _checked_gradients(forward, backward, rng, (2, 3, 8, 9), FLOOR, out_shape=(2, 4, 3, 4))
     assert not dx[:, :, 7].any() and dx[:, :, :7].all()  # the unread row gets zero gradient
 
 

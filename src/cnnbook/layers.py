@@ -1040,7 +1040,7 @@ def avg_pool_backward_naive(dout, cache):
     return dx
 
 
-# ---- book/fast_training.md:829 ----
+# ---- book/fast_training.md:830 ----
 import numpy as np
 
 

@@ -113,7 +113,7 @@ class TwoLayerNet:
         return loss, grads
 
 
-# ---- book/fc_nets.md:312 ----
+# ---- book/fc_nets.md:313 ----
 import numpy as np
 
 from cnnbook import layers
@@ -159,7 +159,7 @@ def _check_fc_args(hidden_dims, input_dim, num_classes, normalization, dropout_k
         _require_layers("dropout")
 
 
-# ---- book/fc_nets.md:363 ----
+# ---- book/fc_nets.md:364 ----
 class FullyConnectedNet:
     """A fully-connected network with any number of hidden layers:
 
@@ -221,7 +221,7 @@ class FullyConnectedNet:
         if normalization is not None:
             self.bn_params = [{"mode": "train"} for _ in range(self.num_layers - 1)]
 
-    # ---- book/fc_nets.md:434 ----
+    # ---- book/fc_nets.md:435 ----
     def _hidden_forward(self, x, i):
         """Hidden layer i: affine - [norm] - ReLU - [dropout]. Returns (out, cache)."""
         W, b = self.params[f"W{i}"], self.params[f"b{i}"]
@@ -241,7 +241,7 @@ class FullyConnectedNet:
             out, dropout_cache = layers.dropout_forward(out, self.dropout_param)
         return out, (cache, dropout_cache)
 
-    # ---- book/fc_nets.md:461 ----
+    # ---- book/fc_nets.md:462 ----
     def _hidden_backward(self, dout, cache, i):
         """Backward pass of hidden layer i. Returns (dx, grads of the layer's parameters)."""
         cache, dropout_cache = cache
@@ -262,7 +262,7 @@ class FullyConnectedNet:
         dx, grads[f"W{i}"], grads[f"b{i}"] = affine_backward(da, fc_cache)
         return dx, grads
 
-    # ---- book/fc_nets.md:491 ----
+    # ---- book/fc_nets.md:492 ----
     def loss(self, X, y=None):
         """Scores, or loss and gradients, for a minibatch.
 

@@ -3,7 +3,7 @@
 # Chapters: book/fc_nets.md, book/convolution.md, book/convnet.md, book/fast_training.md
 
 
-# ---- book/fc_nets.md:965 ----
+# ---- book/fc_nets.md:968 ----
 import numpy as np
 
 
@@ -52,7 +52,7 @@ def plot_solver_history(solver, title=None, axes=None):
     return fig
 
 
-# ---- book/fc_nets.md:1018 ----
+# ---- book/fc_nets.md:1021 ----
 import numpy as np
 
 

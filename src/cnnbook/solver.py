@@ -3,7 +3,7 @@
 # Chapters: book/fc_nets.md
 
 
-# ---- book/fc_nets.md:671 ----
+# ---- book/fc_nets.md:674 ----
 import os
 import pickle
 
@@ -44,7 +44,7 @@ def _check_options(batch_size, sampling):
                          f"got {sampling!r}")
 
 
-# ---- book/fc_nets.md:717 ----
+# ---- book/fc_nets.md:720 ----
 class Solver:
     """Trains a classification model with minibatch gradient descent (the cs231n Solver).
 
@@ -124,7 +124,7 @@ class Solver:
         self._order, self._position = None, 0  # the shuffled order of sampling="permutation"
         self._bar = None
 
-    # ---- book/fc_nets.md:807 ----
+    # ---- book/fc_nets.md:810 ----
     def _batch_indices(self, num_train):
         """Indices of the next minibatch, as the ``sampling`` option says."""
         if self.sampling == "replacement":
@@ -134,7 +134,7 @@ class Solver:
         start, self._position = self._position, self._position + self.batch_size
         return self._order[start:self._position]
 
-    # ---- book/fc_nets.md:818 ----
+    # ---- book/fc_nets.md:821 ----
     def _step(self):
         """One gradient update on a random minibatch. Called by train(), not by users."""
         num_train = self.X_train.shape[0]
@@ -148,12 +148,12 @@ class Solver:
             self.model.params[p] = next_w
             self.optim_configs[p] = next_config
 
-    # ---- book/fc_nets.md:840 ----
+    # ---- book/fc_nets.md:843 ----
     def check_accuracy(self, X, y, num_samples=None, batch_size=100):
         """Fraction of examples of X whose highest-scoring class is the label in y.
 
         X : (N, ...), y : (N,). If num_samples is given and smaller than N, a random subset of
-        that many examples is scored. The model runs in test mode, batch_size examples at a time.
+        that many examples, drawn with replacement as in cs231n, is scored. The model runs in test mode, batch_size examples at a time.
         """
         N = X.shape[0]
         if num_samples is not None and N > num_samples:
@@ -164,7 +164,7 @@ class Solver:
         y_pred = np.concatenate([np.argmax(s, axis=1) for s in scores])
         return float(np.mean(y_pred == y))
 
-    # ---- book/fc_nets.md:864 ----
+    # ---- book/fc_nets.md:867 ----
     def train(self):
         """Run the optimization; then give the model the parameters of the best validation accuracy."""
         num_train = self.X_train.shape[0]
@@ -190,7 +190,7 @@ class Solver:
         # Copies, so that training further does not overwrite best_params in place.
         self.model.params = {k: v.copy() for k, v in self.best_params.items()}
 
-    # ---- book/fc_nets.md:891 ----
+    # ---- book/fc_nets.md:894 ----
     def _check_and_keep_best(self):
         """Record train and validation accuracy; copy the parameters if they are the best so far."""
         train_acc = self.check_accuracy(self.X_train, self.y_train, num_samples=self.num_train_samples)
@@ -205,7 +205,7 @@ class Solver:
             self.best_val_acc = val_acc
             self.best_params = {k: v.copy() for k, v in self.model.params.items()}
 
-    # ---- book/fc_nets.md:912 ----
+    # ---- book/fc_nets.md:915 ----
     def _report_iteration(self, t, num_iterations):
         """Advance the progress bar; if verbose, print the loss every print_every iterations."""
         if self._bar is not None:
@@ -214,14 +214,14 @@ class Solver:
         if self.verbose and t % self.print_every == 0:
             self._print(f"(Iteration {t + 1} / {num_iterations}) loss: {self.loss_history[-1]:f}")
 
-    # ---- book/fc_nets.md:922 ----
+    # ---- book/fc_nets.md:925 ----
     def _print(self, message):
         if self._bar is not None:
             self._bar.write(message)  # keeps the progress bar intact
         else:
             print(message)
 
-    # ---- book/fc_nets.md:930 ----
+    # ---- book/fc_nets.md:933 ----
     def _progress_bar(self, total):
         """A tqdm bar over the iterations, or None (no tqdm, progress=False or TQDM_DISABLE set)."""
         if not self.progress or os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true", "yes"):
@@ -232,7 +232,7 @@ class Solver:
             return None
         return tqdm(total=total, unit="it", leave=False)
 
-    # ---- book/fc_nets.md:942 ----
+    # ---- book/fc_nets.md:945 ----
     def _save_checkpoint(self):
         """Pickle the model and the training state to "{checkpoint_name}_epoch_{epoch}.pkl"."""
         if self.checkpoint_name is None:

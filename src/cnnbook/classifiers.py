@@ -308,7 +308,7 @@ class FullyConnectedNet:
         return loss, grads
 
 
-# ---- book/convnet.md:215 ----
+# ---- book/convnet.md:217 ----
 import math
 import numbers
 
@@ -345,7 +345,7 @@ def _check_image_batch(name, X, y, input_dim, num_classes):
     _check_batch(name, X, y, math.prod(input_dim), num_classes)
 
 
-# ---- book/convnet.md:257 ----
+# ---- book/convnet.md:259 ----
 import numpy as np
 
 
@@ -392,7 +392,7 @@ class ThreeLayerConvNet:
             self.params[f"W{i}"] = (weight_scale * rng.standard_normal(shape)).astype(dtype)
             self.params[f"b{i}"] = np.zeros(fan_out, dtype=dtype)
 
-    # ---- book/convnet.md:320 ----
+    # ---- book/convnet.md:322 ----
     def loss(self, X, y=None):
         """Scores, or loss and gradients, for a minibatch.
 
@@ -428,7 +428,7 @@ class ThreeLayerConvNet:
         return loss, grads
 
 
-# ---- book/convnet.md:312 ----
+# ---- book/convnet.md:314 ----
 import numpy as np
 
 from cnnbook.layer_utils import (affine_relu_backward, affine_relu_forward,

@@ -120,7 +120,7 @@ def animation_html(anim, anim_id, fps=1):
     return re.sub(r'<i class="fa ([a-z -]+)"></i>', icon, html)
 
 
-# ---- book/convnet.md:585 ----
+# ---- book/convnet.md:592 ----
 import math
 
 import numpy as np

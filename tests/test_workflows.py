@@ -181,7 +181,8 @@ def test_python_is_the_binder_runtime(name, tmp_path):
     workflow = load(name)
     output, _ = run_step(step_by_id(workflow, "python"), tmp_path)
     assert output == {"version": python_version()}
-    setups = [s for _, s in steps(workflow) if s.get("uses", "").startswith("actions/setup-python")]
+    setups = [s for _, s in steps(workflow)
+              if s.get("uses", "").startswith("actions/setup-python")]
     assert setups and all(s["with"]["python-version"] == "${{ steps.python.outputs.version }}"
                           for s in setups)
 
@@ -209,7 +210,8 @@ def test_tests_workflow(tmp_path):
 
 def test_site_workflow():
     workflow = load("site.yml")
-    assert workflow["on"]["push"] == {"branches": ["main"]} and "workflow_dispatch" in workflow["on"]
+    assert workflow["on"]["push"] == {"branches": ["main"]}
+    assert "workflow_dispatch" in workflow["on"]
     text = runs(workflow)
     assert "bash tools/build.sh" in text and "tools/make_exercises.py" in text
     build_uses = [s.get("uses", "") for _, s in steps(workflow)]
@@ -238,7 +240,8 @@ def test_release_workflow():
     pypi = workflow["jobs"]["pypi"]
     assert pypi["environment"]["name"] == "pypi"
     assert pypi["permissions"] == {"id-token": "write"}
-    publish = [s for s in pypi["steps"] if s.get("uses", "").startswith("pypa/gh-action-pypi-publish@")]
+    publish = [s for s in pypi["steps"]
+               if s.get("uses", "").startswith("pypa/gh-action-pypi-publish@")]
     assert len(publish) == 1 and not {"password", "user"} & set(publish[0].get("with") or {})
     # the GitHub release attaches the PDF and the student editions' zip
     release = workflow["jobs"]["github-release"]

@@ -251,3 +251,28 @@ def test_release_workflow():
     assert ".pdf" in files and "student-edition" in files and ".zip" in files
     # only the publishing jobs can write anything
     assert workflow["jobs"]["build"].get("permissions") is None
+
+
+def test_the_harness_reads_the_copy_the_workflow_caches(tmp_path, monkeypatch):
+    """The copy that tests.yml downloads (fetch_cifar10 into CNNBOOK_DATA_DIR) is the copy that
+    CNNBOOK_CIFAR10_DIR names, which the tests and the chapters' kernels then read; as it is not
+    the copy the references were made on, nbval compares data-dependent cells numbers-masked.
+    (A synthetic copy stands in for the official download here.)"""
+    import json
+
+    from chapters import kernel_environment
+    from nbval_chapters import fingerprint_at_hand
+    from test_data import make_cifar
+
+    from cnnbook import data
+
+    _, env = run_step(step_by_id(load("tests.yml"), "cifar"), tmp_path)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    folder, _ = make_cifar(tmp_path / "cnnbook-data")  # where the download step extracts to
+    assert data.fetch_cifar10() == folder  # already there: the cached copy is not downloaded
+    assert data.find_cifar10(download=False) == folder
+    assert kernel_environment()["CNNBOOK_CIFAR10_DIR"] == str(folder)  # not ../shared/cifar10
+    stored = {json.loads(p.read_text())["metadata"]["cnnbook"].get("data_fingerprint")
+              for p in (ROOT / "book" / "_reference").glob("*.ipynb")} - {None}
+    assert stored and fingerprint_at_hand() not in stored  # so: the "sanitized" data mode

@@ -79,8 +79,9 @@ def check_tag(tag: str, init: Path = INIT, changelog: Path = CHANGELOG) -> str:
         raise ReleaseError(
             f"the tag {tag!r} does not match the package version {version} (__version__ in "
             f"{INIT.relative_to(ROOT)}, generated from book/preface.md). Either tag v{version}, "
-            f"or set __version__ = \"{tag[1:]}\" in book/preface.md, run tools/tangle.py, add a "
-            "CHANGELOG.md entry, commit, and tag that commit"
+            f"or set __version__ = \"{tag[1:]}\" in book/preface.md, run tools/tangle.py and "
+            "tools/refresh_outputs.py book/preface.md, add a CHANGELOG.md entry, commit, and tag "
+            "that commit"
         )
     if version not in changelog_versions(changelog):
         raise ReleaseError(f"{changelog.name} has no entry for {version}: add a section "

@@ -25,6 +25,20 @@ Methods are not module-level names.  The lines of multi-line string literals
 (other than docstrings) are moved without re-indenting them, so their values
 do not change.
 
+Where the book explains each definition: the docstring of every public top-level function and
+class of an exported cell gets, after its first paragraph and indented like the docstring, the
+line ``Explained in the chapter "TITLE" (book/X.md), section "SECTION".`` (the heading above the
+cell); a definition without a docstring gets a docstring of that line alone.  The tangler writes
+it into the generated source, so the source, ``help()`` and the API pages (whose Sphinx extension
+turns it into a link) say the same, and nothing runs at import.
+
+Locations: every block starts with a ``# ---- chapter:line ----`` comment naming the chapter line
+of the line below it.  Where a generated line is not the chapter line after the one before it
+(the code after a docstring that got its line, a method moved into its class, the code after a
+moved method), another such comment, indented like that line, names its chapter line.  So the
+last such comment above any code line of the package, plus the lines in between, gives the
+chapter line it comes from: a traceback's line leads to the chapter.
+
 Errors (each names the chapter and line): an export tag naming a module outside
 ``cnnbook``; two export tags on one cell; an exported cell that is not valid
 Python; two exported cells defining the same top-level name in one module; a
@@ -36,7 +50,11 @@ of a top-level function, or imported or used otherwise in an exported cell
 module; a method name defined twice for one class (in the class body or by two
 cells); a method using a private ``__name`` (mangled in a class body, not in the
 notebook); a method whose decorators or default values use a name the module
-binds only after the class (they are evaluated where the class is defined).
+binds only after the class (they are evaluated where the class is defined).  For the
+"Explained in" line, a docstring the tangler cannot edit: a body that starts on the ``def`` or
+``class`` line, code after the docstring on its line, a docstring of several string literals or
+a one-quote one continued over lines, a docstring whose escapes (``\\n``) make its text differ
+from its value.
 """
 from __future__ import annotations
 
@@ -538,13 +556,18 @@ def _explain_definitions(module: Module, lines: list[Line], explained: set[str])
     tree = ast.parse("\n".join(text for text, _ in lines))
     for node in tree.body:
         if isinstance(node, _DEFINITIONS) and node.name in expected:
-            if inspect.cleandoc(ast.get_docstring(node, clean=False) or "") != expected[node.name]:
+            if _cleaned(ast.get_docstring(node, clean=False) or "") != expected[node.name]:
                 _cannot(node, lines, "its docstring does not come out as expected; write it as a "
                                      'plain """triple-quoted""" string', node.body[0].lineno)
     return lines
 
 
 _DEFINITIONS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+
+
+def _cleaned(doc: str) -> str:
+    """A docstring as help() shows it (``inspect.cleandoc``), without trailing white space."""
+    return "\n".join(line.rstrip() for line in inspect.cleandoc(doc).split("\n"))
 
 
 def _cannot(node, lines: list[Line], problem: str, lineno: int | None = None):
@@ -559,22 +582,20 @@ def _docstring_edit(node, lines: list[Line], sentence: str) -> str:
     first = node.body[0]
     doc = first.value if (isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant)
                           and isinstance(first.value.value, str)) else None
-    # the first line of the body and the column where it starts (the `@` of a decorator)
+    # the first line of the body (a decorator's, if it is a decorated definition)
     start = min([first.lineno] + [d.lineno for d in getattr(first, "decorator_list", [])])
-    column = first.col_offset if doc or not getattr(first, "decorator_list", None) else (
-        min(d.col_offset for d in first.decorator_list if d.lineno == start) - 1)
     text = lines[start - 1][0]
     indent = text[: len(text) - len(text.lstrip())]
-    if len(indent.encode()) != column:
+    if len(indent.encode()) != first.col_offset:  # (a byte offset)
         keyword = "class" if isinstance(node, ast.ClassDef) else "def"
         _cannot(node, lines, f"its body starts on the line of its `{keyword}`; start it on a "
                              f"line of its own", start)
     if doc is None:  # a new docstring, the sentence alone
-        lines.insert(start - 1, (f'{indent}"""{_escape(sentence, chr(34) * 3, False, node, lines)}'
-                                 f'"""', None))
-        return sentence
+        text = _escape(sentence, '"""', False, node, lines)
+        lines.insert(start - 1, (f'{indent}"""{text}"""', None))
+        return _cleaned(sentence)
     head, _, rest = doc.value.partition("\n\n")  # the old rewrite: after the first paragraph
-    expected = inspect.cleandoc(f"{head.rstrip()}\n\n{indent}{sentence}\n\n{rest}")
+    expected = _cleaned(f"{head.rstrip()}\n\n{indent}{sentence}\n\n{rest}")
     last = lines[doc.end_lineno - 1][0]
     close = len(last.encode()[: doc.end_col_offset].decode())
     literal = "\n".join(text for text, _ in lines[doc.lineno - 1: doc.end_lineno])
@@ -624,7 +645,6 @@ def _escape(sentence: str, quote: str, raw: bool, node, lines: list[Line]) -> st
                                  f"its raw docstring")
         sentence = sentence.replace(quote[0], "\\" + quote[0])
     return sentence
-
 
 
 def tangle(root: Path = ROOT) -> dict[str, str]:

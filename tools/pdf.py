@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import logging
 import re
 import shutil
 import subprocess
@@ -104,9 +105,11 @@ PREPARE_JS = r"""
   for (const det of document.querySelectorAll('article details')) {
     const cell = det.closest('div.cell');
     if (cfg.collapsed === 'omit' && det.classList.contains('above-input') && cell) {
-      const label = cell.previousElementSibling;
-      if (label && label.matches('p.cnnbook-export, p.cnnbook-data') &&
-          label.classList.contains('cnnbook-export')) label.remove();
+      // The code goes, and with it the label naming the module it is exported to; the label
+      // of an output that depends on the data stays with the output.
+      for (let p = cell.previousElementSibling; p && p.matches('p.cnnbook-export, p.cnnbook-data');
+           p = p.previousElementSibling)
+        if (p.classList.contains('cnnbook-export')) { p.remove(); break; }
       det.remove();
     } else {
       det.open = true;
@@ -121,7 +124,8 @@ PREPARE_JS = r"""
     const img = box.querySelector('img[id^="_anim_img"]');
     const anim = img && window['anim' + img.id.slice('_anim_img'.length)];
     if (!anim || !anim.frames || !anim.frames.length)
-      throw new Error('an animation without frames: ' + (img ? img.id : box.outerHTML.slice(0, 80)));
+      throw new Error('an animation without frames: ' +
+                      (img ? img.id : box.outerHTML.slice(0, 80)));
     const n = anim.frames.length, k = Math.min(cfg.framesInStrip, n);
     const strip = el('figure', 'cnnbook-frames');
     const grid = el('div', 'cnnbook-frames-grid');
@@ -313,6 +317,9 @@ def build_singlehtml(out_root: Path) -> Path:
 def page_numbers(pdf: bytes) -> dict[str, int]:
     """{named destination: 1-based page}: Chromium makes one for every link target."""
     from pypdf import PdfReader
+
+    # Chromium's PDF trailer undercounts its objects by a few; pypdf says so and copes.
+    logging.getLogger("pypdf").setLevel(logging.ERROR)
 
     reader = PdfReader(io.BytesIO(pdf))
     return {name.lstrip("/"): reader.get_destination_page_number(dest) + 1

@@ -3,9 +3,9 @@
 The module builds the PDF once (singlehtml build and two prints in Debian's Chromium, about a
 minute and a half on two cores) into ``_build/pdf/cnnbook.pdf`` and checks what a reader of the
 printed book needs: a sane page count, the title page with the package version, a table of
-contents and bookmarks naming every chapter of ``_toc.yml`` with the page it starts on, math
-typeset by MathJax (its fonts, no TeX source left in the text), the figures and the frames of the
-convolution animation, the bibliography, and no navigation chrome.
+contents and bookmarks naming every chapter of ``_toc.yml`` with the page it starts on, nothing
+wider than the page, math typeset by MathJax (its fonts, no TeX source left in the text), the
+figures and the frames of the convolution animation, the bibliography, and no navigation chrome.
 
 Marker ``browser``: like the browser check it needs Debian's ``/usr/bin/chromium``, so
 ``tools/test.sh`` runs it in its browser stage. ``CNNBOOK_PDF=path`` checks an existing PDF
@@ -123,6 +123,8 @@ def test_page_count_title_page_and_time(book):
     if took is not None:
         print(f"PDF built in {took:.0f} s:\n{log}")
         assert took < 300, f"tools/pdf.py took {took:.0f} s"
+        # Laid out at the printed width, no code, formula, table or image sticks out.
+        assert " 0 element(s) wider than the page" in log, log
 
 
 def test_every_chapter_is_in_contents_and_bookmarks_and_starts_its_page(book):

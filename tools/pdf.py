@@ -261,6 +261,24 @@ NUMBER_JS = r"""
 }
 """
 
+# Elements wider than the printed page (laid out at its width): they would be cut at the margin.
+WIDE_JS = r"""
+() => {
+  const limit = document.documentElement.clientWidth + 1;
+  const wide = [];
+  const sel = 'pre, mjx-container[display="true"], img, table, .cell_output > *';
+  for (const e of document.querySelectorAll(sel)) {
+    const r = e.getBoundingClientRect();
+    if (!r.width || e.closest('.cnnbook-titlepage')) continue;
+    if (r.right > limit || e.scrollWidth > e.clientWidth + 1)
+      wide.push(e.tagName.toLowerCase() + ': ' +
+                (e.textContent || e.getAttribute('src') || '').trim().slice(0, 70));
+  }
+  return wide;
+}
+"""
+PRINTABLE_WIDTH_MM = {"A4": 210 - 34, "Letter": 215.9 - 34}  # paper less the margins of PAGE_CSS
+
 # The running footer (page number, version) and the paper; the rest is in _static.
 PAGE_CSS = """
 @page {{ size: {paper}; margin: 18mm 17mm 20mm 17mm;
@@ -373,15 +391,25 @@ def print_book(html_dir: Path, root: str, out: Path, cfg: dict, paper: str,
                     raise PdfError(f"images did not load: {images['bad'][:5]}")
                 log(f"pdf: page loaded, math typeset, {images['count']} images "
                     f"({time.monotonic() - t:.1f} s)")
+                if errors:  # later ones come from the theme's scripts missing the chrome
+                    raise PdfError(f"errors on the page: {errors[:5]}")
                 page.add_style_tag(content=css)
                 summary = page.evaluate(PREPARE_JS, {
                     **cfg, "framesInStrip": FRAMES_IN_STRIP,
-                    "colophon": "Printed from the HTML book. Every output in it was computed by "
-                                "the code above it and checked in continuous integration."})
+                    "colophon": "The outputs are the reference outputs that continuous "
+                                "integration checks by running every chapter again (preface, "
+                                "\u201cHow outputs are checked\u201d)."})
                 if summary["broken"]:
                     raise PdfError(f"links to nowhere in the book: {summary['broken'][:10]}")
                 page.evaluate("async () => { await document.fonts.ready; }")
                 page.evaluate(IMAGES_JS)  # the frames of the animation strips
+                # Laid out at the width of the printed page, nothing may stick out.
+                page.emulate_media(media="print")
+                page.set_viewport_size({"width": round(PRINTABLE_WIDTH_MM[paper] * 96 / 25.4),
+                                        "height": 1000})
+                summary["wide"] = page.evaluate(WIDE_JS)
+                for what in summary["wide"][:10]:
+                    log(f"pdf: wider than the page: {what}")
                 numbers: dict[str, int] = {}
                 for attempt in range(1, MAX_PRINTS + 1):
                     t = time.monotonic()
@@ -400,8 +428,6 @@ def print_book(html_dir: Path, root: str, out: Path, cfg: dict, paper: str,
                     missing = page.evaluate(NUMBER_JS, numbers)
                     if missing:
                         raise PdfError(f"no page found for the targets {missing[:10]}")
-                if errors:
-                    raise PdfError(f"errors on the page: {errors[:5]}")
             finally:
                 browser.close()
     finally:
@@ -472,7 +498,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{summary['math']} formulas, {summary['images']} images, "
           f"{summary['animations']} animation(s) as frame strips, "
           f"{summary['collapsed']} collapsed cells ({args.collapsed}), "
-          f"{summary['pagerefs']} page references")
+          f"{summary['pagerefs']} page references, "
+          f"{len(summary['wide'])} element(s) wider than the page")
     try:
         shown = out.relative_to(REPO)
     except ValueError:

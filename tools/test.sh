@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run every test of the book, as CI does (.ci/run calls this script):
 #   setup -> tangle check -> unit tests -> nbval over every chapter
-#   -> strict HTML build -> browser test.
+#   -> strict HTML build -> browser test and PDF edition (tests marked `browser`).
 # Each stage prints its wall time; the last line sums up the test counts.
 set -uo pipefail
 cd "$(dirname "$0")/.."

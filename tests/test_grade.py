@@ -109,6 +109,11 @@ assert quadruple(1) == 4 and cube(2) == 8
 
 # %%
 assert inverse(2) == 0.5
+
+# %%
+from concurrent.futures import ThreadPoolExecutor
+with ThreadPoolExecutor(2) as pool:  # exercises called from threads are traced too
+    assert list(pool.map(quadruple, [1, 2, 3])) == [4, 8, 12]
 ''')
     assert got == {"double": "passed", "quadruple": "blocked by cube", "inverse": "passed",
                    "cube": "not yet written"}
@@ -181,11 +186,17 @@ class Net:
         return 3 * self.scale  # wrong
 
     def forward(self, x):
+        if x < 0:
+            raise NotImplementedError("Net.forward: negative x is not supported")
         return self.scale * x
 
 # %%
 net = Net(2)
 assert net.forward(3) == 6 and Net.zero() == 0
+try:
+    net.forward(-1)  # a NotImplementedError on purpose, caught: not a stub
+except NotImplementedError:
+    pass
 
 # %%
 assert Net(1).double_scale == 2, "double_scale"
@@ -195,13 +206,16 @@ assert Net(1).double_scale == 2, "double_scale"
                    "Net.forward": "passed"}
 
 
-def test_the_grader_cell_is_skipped_and_a_timeout_is_a_failure():
-    got, _ = verdicts(EXERCISES + '''
+def test_the_grader_cell_is_skipped_a_timeout_fails_and_raises_exception_is_expected():
+    got, other = verdicts(EXERCISES + '''
 # %%
 import time
 def slow(x):
     time.sleep(30)
 assert slow(double(1)) is None
+
+# %% tags=["raises-exception"]
+inverse(0)
 
 # %% tags=["grade"]
 raise SystemExit("the grader must not run its own cell")
@@ -210,6 +224,7 @@ raise SystemExit("the grader must not run its own cell")
 assert double(2) == 4
 ''', timeout=3)
     assert got["double"] == "FAILED (code cell 2: TimeoutError: the cell ran longer than 3 s)"
+    assert got["inverse"] == "passed" and not other
 
 
 # ---- the command on a real chapter's student edition ----------------------------------------------
@@ -227,9 +242,9 @@ def solved(path):
         if cell.cell_type == "code" and not mx._added(cell):
             original = next(originals)
             if mx.STUB_TAG in cell.metadata.get("tags", []):
-                use = cell.source.rstrip().splitlines()[-1]
-                assert use.startswith("use_my_code("), use
-                cell.source = original.source + "\n\n" + use
+                use = cell.source.rstrip().splitlines()[-1]  # none in a cell of methods only
+                use = "\n\n" + use if use.startswith("use_my_code(") else ""
+                cell.source = original.source + use
     return student
 
 

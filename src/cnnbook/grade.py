@@ -71,32 +71,35 @@ def exercise_cells(nb):
 #: The recorder, defined in the student's kernel before the notebook's first cell (one name,
 #: ``_cnnbook_grade``, so that the notebook's own names are left alone).
 RECORDER = '''
-import functools as _functools, json as _json, sys as _sys
+import functools as _functools, json as _json, sys as _sys, threading as _threading
 
 
 class _GradeRecorder:
     def __init__(self):
-        self.called, self.direct, self.raised, self.depth = [], [], [], 0
+        self.called, self.direct, self.raised = [], [], []
+        self.local = _threading.local()  # the depth of exercise calls, per thread
 
     def traced(self, name, function):
         @_functools.wraps(function)
         def exercise(*args, **kwargs):
+            depth = getattr(self.local, "depth", 0)
             self.called += [name] if name not in self.called else []
-            if self.depth == 0 and name not in self.direct:
+            if depth == 0 and name not in self.direct:
                 self.direct.append(name)
-            self.depth += 1
+            self.local.depth = depth + 1
             try:
                 return function(*args, **kwargs)
             except BaseException as error:
                 if getattr(error, "_cnnbook_exercise", None) is None:  # the innermost one
-                    self.raised.append([name, type(error).__name__])
+                    stub = str(error).startswith(name + ": exercise")  # the stub's message
+                    self.raised.append([name, type(error).__name__, stub])
                     try:
                         error._cnnbook_exercise = name
                     except AttributeError:
                         pass
                 raise
             finally:
-                self.depth -= 1
+                self.local.depth = depth
         exercise._cnnbook_traced = True
         return exercise
 
@@ -125,7 +128,7 @@ class _GradeRecorder:
         error, _sys.last_value = getattr(_sys, "last_value", None), None
         record = {"called": self.called, "direct": self.direct, "raised": self.raised,
                   "origin": getattr(error, "_cnnbook_exercise", None)}
-        self.called, self.direct, self.raised, self.depth = [], [], [], 0
+        self.called, self.direct, self.raised = [], [], []
         print("_cnnbook_grade:" + _json.dumps(record))
 
 
@@ -133,7 +136,7 @@ _cnnbook_grade = _GradeRecorder()
 '''
 
 
-# ---- book/grading.md:200 ----
+# ---- book/grading.md:204 ----
 import copy
 import json
 import subprocess
@@ -149,12 +152,15 @@ class CellRun:
     origin: str = None  # the innermost exercise the error came from
     called: list = field(default_factory=list)  # exercises it called, in order
     direct: list = field(default_factory=list)  # ... called from the cell itself
-    raised: list = field(default_factory=list)  # [exercise, exception type] of their errors
+    raised: list = field(default_factory=list)  # [exercise, exception type, the stub's?]
     exercise_cell: ExerciseCell = None
 
 
 #: A line (not a comment) that runs this grader: such a cell is skipped even without its tag.
 _RUNS_GRADER = re.compile(r"""^[^#\n]*(-m\s+cnnbook\.grade|["']cnnbook\.grade["'])""", re.M)
+
+
+_RECORD = ("origin", "called", "direct", "raised")
 
 
 def _first_error(cell, timeout):
@@ -200,18 +206,20 @@ def run_notebook(nb, cwd=".", timeout=600):
             except DeadKernelError:
                 run.error = ("DeadKernelError", "the kernel died; the cells after it did not run")
                 break
-            run.error = _first_error(cell, timeout)
-            line = hidden("_cnnbook_grade.take()").strip().splitlines()[-1]
-            record = json.loads(line.split(":", 1)[1])
-            run.origin, run.called = record["origin"], record["called"]
-            run.direct, run.raised = record["direct"], record["raised"]
+            if "raises-exception" not in cell.metadata.get("tags", []):  # else an error on purpose
+                run.error = _first_error(cell, timeout)
+            lines = hidden("_cnnbook_grade.take()").splitlines()  # none if the cell reset it
+            record = next((json.loads(s.split(":", 1)[1]) for s in lines
+                           if s.startswith("_cnnbook_grade:")), dict.fromkeys(_RECORD))
+            run.origin = record["origin"]
+            run.called, run.direct, run.raised = (record[k] or [] for k in _RECORD[1:])
             if run.exercise_cell:
                 found = run.exercise_cell
                 hidden(f"_cnnbook_grade.wrap(globals(), {found.module!r}, {found.exercises!r})")
     return runs
 
 
-# ---- book/grading.md:300 ----
+# ---- book/grading.md:310 ----
 def _one_line(run):
     name, message = run.error
     text = f"{name}: {message}" if message else name
@@ -227,7 +235,8 @@ def attribute(runs, nb_exercises):
     """{exercise: verdict} from the cell runs, and the failures no exercise is blamed for."""
     names = [n for found in nb_exercises for n in found.exercises]
     unwritten = {n for found in nb_exercises for n in found.stubs}
-    unwritten |= {n for run in runs for n, error in run.raised if error == "NotImplementedError"}
+    unwritten |= {n for run in runs for n, error, stub in run.raised
+                  if error == "NotImplementedError" and stub}
     failed, blocked, checked, other = {}, {}, set(), []
     for run in runs:
         checked.update(run.called)
@@ -236,6 +245,8 @@ def attribute(runs, nb_exercises):
         called = [n for n in run.called if n in names]
         if run.origin in names:
             culprits = [run.origin]
+            if run.error[0] == "NotImplementedError":  # not caught: it is not written yet
+                unwritten.add(run.origin)
         elif run.exercise_cell is not None and not called:
             culprits = run.exercise_cell.exercises  # the exercise cell itself failed
         else:
@@ -265,7 +276,7 @@ def attribute(runs, nb_exercises):
     return verdicts, other
 
 
-# ---- book/grading.md:361 ----
+# ---- book/grading.md:374 ----
 import argparse
 from pathlib import Path
 
@@ -324,7 +335,7 @@ def main(argv=None):
     return 0 if all(v == "passed" for v in verdicts.values()) and not other else 1
 
 
-# ---- book/grading.md:425 ----
+# ---- book/grading.md:438 ----
 if __name__ == "__main__" and "__file__" in globals():  # python -m cnnbook.grade
     sys.exit(main())
 

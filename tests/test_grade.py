@@ -66,6 +66,12 @@ def test_a_cell_that_does_not_parse_still_names_its_functions():
     assert found.exercises == ["affine"] and found.stubs == set() and found.module is None
 
 
+def test_a_cell_names_a_method_by_its_name_and_a_constructor_by_its_class():
+    assert grade._named("Net.__init__", "net = Net(2)") and grade._named("Net.loss", "n.loss(x)")
+    assert not grade._named("Net.forward", "net = Net(2)")
+    assert not grade._named("relu_forward", "affine_relu_forward(x)")
+
+
 def test_bad_arguments_are_named(tmp_path):
     with pytest.raises(ValueError, match="-1"):
         grade.grade(notebook("# %% tags=['exercise']\ndef f():\n    pass\n"), timeout=-1)

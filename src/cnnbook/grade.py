@@ -228,7 +228,10 @@ def _one_line(run):
 
 
 def _named(name, text):
-    return re.search(rf"\b{re.escape(name.rpartition('.')[2])}\b", text) is not None
+    """Whether text names the exercise (a constructor by its class: `Net(...)`)."""
+    owner, _, attr = name.rpartition(".")
+    word = owner if attr == "__init__" else attr
+    return re.search(rf"\b{re.escape(word)}\b", text) is not None
 
 
 def attribute(runs, nb_exercises):
@@ -276,7 +279,7 @@ def attribute(runs, nb_exercises):
     return verdicts, other
 
 
-# ---- book/grading.md:374 ----
+# ---- book/grading.md:377 ----
 import argparse
 from pathlib import Path
 
@@ -335,7 +338,7 @@ def main(argv=None):
     return 0 if all(v == "passed" for v in verdicts.values()) and not other else 1
 
 
-# ---- book/grading.md:438 ----
+# ---- book/grading.md:441 ----
 if __name__ == "__main__" and "__file__" in globals():  # python -m cnnbook.grade
     sys.exit(main())
 

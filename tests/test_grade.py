@@ -26,7 +26,7 @@ def verdicts(text, **kwargs):
     return grade.grade(notebook(text), **kwargs)
 
 
-# ---- which exercises a notebook has (no kernel) -------------------------------------------------
+# ---- which exercises a notebook has (no kernel) ------------------------------------------------
 
 def test_exercise_cell_finds_functions_methods_stubs_and_module():
     found = grade.exercise_cell(0, '''\
@@ -75,6 +75,10 @@ def test_a_cell_names_a_method_by_its_name_and_a_constructor_by_its_class():
 def test_bad_arguments_are_named(tmp_path):
     with pytest.raises(ValueError, match="-1"):
         grade.grade(notebook("# %% tags=['exercise']\ndef f():\n    pass\n"), timeout=-1)
+    with pytest.raises(ValueError, match="'slow'"):
+        nb = notebook("# %% tags=['exercise']\ndef f():\n    pass\n")
+        nb.metadata["mystnb"] = {"execution_timeout": "slow"}  # the chapter's own timeout
+        grade.grade(nb)
     with pytest.raises(ValueError, match="no cell tagged 'exercise'"):
         grade.grade(notebook("# %%\nx = 1\n"))
     with pytest.raises(FileNotFoundError, match="missing.ipynb"):
@@ -84,7 +88,7 @@ def test_bad_arguments_are_named(tmp_path):
         grade.read_notebook(tmp_path / "notes.txt")
 
 
-# ---- attribution, traced in a kernel (about 2 s each) --------------------------------------------
+# ---- attribution, traced in a kernel (about 2 s each) ------------------------------------------
 
 EXERCISES = '''\
 # %% tags=["exercise"]
@@ -233,7 +237,7 @@ assert double(2) == 4
     assert got["inverse"] == "passed" and not other
 
 
-# ---- the command on a real chapter's student edition ----------------------------------------------
+# ---- the command on a real chapter's student edition ------------------------------------------
 
 CHAPTER = "fc_layers"  # 8 exercises; its solved edition runs in ~3 s (gradient_checking: ~3 s)
 WRONG = ("    dw = x.reshape(N, D).T @ dout", "    dw = dout.T @ x.reshape(N, D)")

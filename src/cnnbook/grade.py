@@ -167,7 +167,7 @@ def _first_error(cell, timeout):
     for out in cell.get("outputs", []):
         if out.get("output_type") == "error":
             if out["ename"] == "KeyboardInterrupt":
-                return "TimeoutError", f"the cell ran longer than {timeout} s"
+                return "TimeoutError", f"the cell ran longer than {timeout:g} s"
             return out["ename"], out["evalue"]
     return None
 
@@ -307,12 +307,15 @@ def report(verdicts, other=(), title="exercises"):
     return "\n".join(lines)
 
 
-def grade(notebook, cwd=".", timeout=600, title="exercises"):
+def grade(notebook, cwd=".", timeout=None, title="exercises"):
     """Run and grade a notebook (a path or a notebook object); print the table and return
-    (verdicts, other failures)."""
+    (verdicts, other failures). The timeout per cell defaults to the chapter's own (its
+    ``mystnb: execution_timeout``), else 600 s."""
+    nb = read_notebook(notebook) if isinstance(notebook, (str, Path)) else notebook
+    if timeout is None:
+        timeout = nb.metadata.get("mystnb", {}).get("execution_timeout") or 600
     if not isinstance(timeout, (int, float)) or timeout <= 0:
         raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
-    nb = read_notebook(notebook) if isinstance(notebook, (str, Path)) else notebook
     found = list(exercise_cells(nb).values())
     if not found:
         raise ValueError(f"{title}: the notebook has no cell tagged {EXERCISE_TAG!r}")
@@ -326,7 +329,8 @@ def main(argv=None):
                                      description="Run a student edition and grade its exercises.")
     parser.add_argument("notebook", type=Path, help="the student's .ipynb or MyST .md")
     parser.add_argument("--chapter", help="the chapter's name, for the report's title")
-    parser.add_argument("--timeout", type=float, default=600, help="seconds per cell")
+    parser.add_argument("--timeout", type=float, help="seconds per cell (default: the "
+                        "chapter's execution_timeout, else 600)")
     args = parser.parse_args(argv)
     title = f"{args.chapter or args.notebook.stem}: {args.notebook}"
     try:
@@ -338,7 +342,7 @@ def main(argv=None):
     return 0 if all(v == "passed" for v in verdicts.values()) and not other else 1
 
 
-# ---- book/grading.md:441 ----
+# ---- book/grading.md:445 ----
 if __name__ == "__main__" and "__file__" in globals():  # python -m cnnbook.grade
     sys.exit(main())
 

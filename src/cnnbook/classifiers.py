@@ -445,7 +445,7 @@ from cnnbook.layer_utils import (affine_relu_backward, affine_relu_forward,
 from cnnbook.layers import affine_backward, affine_forward, softmax_loss
 
 
-# ---- book/fast_training.md:781 ----
+# ---- book/fast_training.md:782 ----
 import numpy as np
 
 from cnnbook.nhwc import receptive_fields
@@ -487,7 +487,7 @@ def whitening_filters(X, eps=5e-4, keep=12):
     return np.concatenate([w, -w], axis=1).reshape(2, 2, 3, 2 * keep)
 
 
-# ---- book/fast_training.md:897 ----
+# ---- book/fast_training.md:898 ----
 class FastConvNet:
     """whitening -> 3 x [conv-pool-BN-ReLU, residual conv-BN-ReLU] -> global pool -> affine.
 
@@ -530,7 +530,7 @@ class FastConvNet:
         w_fc = rng.standard_normal((c_in, num_classes)) / np.sqrt(c_in)
         self.params["W_fc"], self.params["b_fc"] = w_fc.astype(dtype), np.zeros(num_classes, dtype)
 
-    # ---- book/fast_training.md:950 ----
+    # ---- book/fast_training.md:951 ----
     def scores(self, X, mode="test"):
         """The class scores (N, num_classes) of images X (N, H, W, 3), and the caches."""
         if X.ndim != 4 or X.shape[3] != 3 or min(X.shape[1:3]) < 16:
@@ -552,7 +552,7 @@ class FastConvNet:
         scores = (features @ p["W_fc"] + p["b_fc"]) * self.scale
         return scores, (caches, pool_cache, features)
 
-    # ---- book/fast_training.md:979 ----
+    # ---- book/fast_training.md:980 ----
     def loss(self, X, y=None):
         """Scores (N, num_classes) if y is None (test mode), else (loss, grads) (training mode);
         a training pass keeps its scores in ``self.train_scores``."""
@@ -575,11 +575,11 @@ class FastConvNet:
         return loss, grads
 
 
-# ---- book/fast_training.md:944 ----
+# ---- book/fast_training.md:945 ----
 from cnnbook import nhwc
 from cnnbook.nhwc import (conv_bn_relu_backward, conv_bn_relu_forward, conv_forward,
                           residual_backward, residual_forward)
 
 
-# ---- book/fast_training.md:975 ----
+# ---- book/fast_training.md:976 ----
 from cnnbook.layers import softmax_loss_smooth

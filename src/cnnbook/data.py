@@ -3,7 +3,7 @@
 # Chapters: book/cifar10.md
 
 
-# ---- book/cifar10.md:89 ----
+# ---- book/cifar10.md:91 ----
 """Loading the CIFAR-10 dataset (Krizhevsky, 2009) for the cnnbook chapters."""
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -41,7 +41,7 @@ def _local_copy_hint():
     )
 
 
-# ---- book/cifar10.md:125 ----
+# ---- book/cifar10.md:127 ----
 import pickle
 
 # The globals a CIFAR-10 batch may name: the NumPy functions that rebuild an array (under their
@@ -71,7 +71,7 @@ class _BatchUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-# ---- book/cifar10.md:160 ----
+# ---- book/cifar10.md:162 ----
 import numpy as np
 
 
@@ -107,7 +107,7 @@ def _check_batch(path, batch):
     return data, labels
 
 
-# ---- book/cifar10.md:201 ----
+# ---- book/cifar10.md:203 ----
 from pathlib import Path
 
 import numpy as np
@@ -142,7 +142,7 @@ def load_batch(path):
     return X, labels.astype(np.int64)
 
 
-# ---- book/cifar10.md:285 ----
+# ---- book/cifar10.md:287 ----
 import os
 from pathlib import Path
 
@@ -190,7 +190,7 @@ def _batches_dir(path, source):
     return directory
 
 
-# ---- book/cifar10.md:340 ----
+# ---- book/cifar10.md:342 ----
 import os
 import shutil
 import tarfile
@@ -245,7 +245,7 @@ def _extract_atomically(archive, cache):
     return target
 
 
-# ---- book/cifar10.md:400 ----
+# ---- book/cifar10.md:402 ----
 from urllib.parse import urlsplit
 
 
@@ -289,7 +289,7 @@ def _download(cache, url, md5, downloader):
     return archive
 
 
-# ---- book/cifar10.md:449 ----
+# ---- book/cifar10.md:451 ----
 from pathlib import Path
 
 
@@ -323,7 +323,7 @@ def fetch_cifar10(cache_dir=None, url=CIFAR10_URL, md5=CIFAR10_MD5, downloader=N
     return target
 
 
-# ---- book/cifar10.md:485 ----
+# ---- book/cifar10.md:487 ----
 import os
 
 import numpy as np
@@ -378,7 +378,7 @@ def load_cifar10(root=None, download=True):
     return X_train, y_train, X_test, y_test
 
 
-# ---- book/cifar10.md:553 ----
+# ---- book/cifar10.md:556 ----
 import hashlib
 from pathlib import Path
 
@@ -426,7 +426,7 @@ def _fingerprint(directory):
     return fingerprint
 
 
-# ---- book/cifar10.md:606 ----
+# ---- book/cifar10.md:609 ----
 import sys
 import warnings
 
@@ -473,7 +473,7 @@ def _note_copy(directory):
     return fingerprint
 
 
-# ---- book/cifar10.md:858 ----
+# ---- book/cifar10.md:867 ----
 import numbers
 
 import numpy as np
@@ -505,7 +505,7 @@ def _check_split_sizes(num_training, num_validation, num_test, n_train, n_test):
         )
 
 
-# ---- book/cifar10.md:892 ----
+# ---- book/cifar10.md:901 ----
 import numpy as np
 
 

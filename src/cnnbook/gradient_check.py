@@ -3,7 +3,7 @@
 # Chapters: book/gradient_checking.md
 
 
-# ---- book/gradient_checking.md:174 ----
+# ---- book/gradient_checking.md:176 ----
 import numpy as np
 
 
@@ -62,7 +62,7 @@ def _check_sparse_args(x, analytic_grad, h, num_checks):
     return int(num_checks)
 
 
-# ---- book/gradient_checking.md:237 ----
+# ---- book/gradient_checking.md:239 ----
 import numpy as np
 
 
@@ -92,7 +92,7 @@ def eval_numerical_gradient(f, x, verbose=True, h=1e-5):
     ------
     ValueError
         Through the helpers above: ``_check_float_array`` (x not a float ndarray),
-        ``_check_step`` (h) and ``_as_scalar`` (f's value not a scalar; use it to read f(x)).
+        ``_check_step`` (h) and ``_as_scalar`` (f's value not a scalar).
     """
     # ---- book/gradient_checking.md:266 ----
     _check_float_array("eval_numerical_gradient", x)
@@ -113,7 +113,7 @@ def eval_numerical_gradient(f, x, verbose=True, h=1e-5):
     return grad
 
 
-# ---- book/gradient_checking.md:330 ----
+# ---- book/gradient_checking.md:334 ----
 import numpy as np
 
 
@@ -145,7 +145,7 @@ def rel_error(x, y):
     return float(np.max(np.abs(x - y) / np.maximum(1e-8, np.abs(x) + np.abs(y))))
 
 
-# ---- book/gradient_checking.md:428 ----
+# ---- book/gradient_checking.md:432 ----
 import numpy as np
 
 
@@ -199,7 +199,7 @@ def eval_numerical_gradient_array(f, x, df, h=1e-5):
     return grad
 
 
-# ---- book/gradient_checking.md:544 ----
+# ---- book/gradient_checking.md:547 ----
 import numpy as np
 
 

@@ -3,7 +3,7 @@
 # Chapters: book/fc_layers.md, book/convnet.md
 
 
-# ---- book/fc_layers.md:437 ----
+# ---- book/fc_layers.md:445 ----
 from cnnbook.layers import affine_backward, affine_forward, relu_backward, relu_forward
 
 

@@ -3,7 +3,7 @@
 # Chapters: book/fc_layers.md, book/normalization.md, book/dropout.md, book/convolution.md, book/pooling.md, book/fast_training.md
 
 
-# ---- book/fc_layers.md:83 ----
+# ---- book/fc_layers.md:84 ----
 import math
 
 import numpy as np
@@ -33,7 +33,7 @@ def _check_affine_args(x, w, b):
     return x, w, b, N, D, M
 
 
-# ---- book/fc_layers.md:117 ----
+# ---- book/fc_layers.md:118 ----
 import numpy as np
 
 
@@ -60,8 +60,8 @@ def affine_forward(x, w, b):
     ------
     ValueError
         For inconsistent shapes (x without a batch axis, w not 2-D, x not flattening to
-        w.shape[0] features, b not of shape (M,)): call ``_check_affine_args(x, w, b)`` first,
-        which raises it and returns ``x, w, b, N, D, M``.
+        w.shape[0] features, b not of shape (M,)), raised by ``_check_affine_args(x, w, b)``,
+        which otherwise returns ``x, w, b, N, D, M``.
     """
     # ---- book/fc_layers.md:144 ----
     x, w, b, N, D, M = _check_affine_args(x, w, b)
@@ -70,7 +70,7 @@ def affine_forward(x, w, b):
     return out, cache
 
 
-# ---- book/fc_layers.md:153 ----
+# ---- book/fc_layers.md:154 ----
 import numpy as np
 
 
@@ -95,7 +95,8 @@ def affine_backward(dout, cache):
     Raises
     ------
     ValueError
-        If dout does not have the shape (N, M) of the forward output (name both shapes).
+        If dout does not have the shape (N, M) of the forward output; the message names both
+        shapes.
     """
     # ---- book/fc_layers.md:177 ----
     x, w, b = cache
@@ -112,7 +113,7 @@ def affine_backward(dout, cache):
     return dx, dw, db
 
 
-# ---- book/fc_layers.md:291 ----
+# ---- book/fc_layers.md:298 ----
 import numpy as np
 
 
@@ -137,7 +138,7 @@ def relu_forward(x):
     return out, cache
 
 
-# ---- book/fc_layers.md:315 ----
+# ---- book/fc_layers.md:322 ----
 import numpy as np
 
 
@@ -158,7 +159,7 @@ def relu_backward(dout, cache):
     Raises
     ------
     ValueError
-        If dout does not have the shape of x (name both shapes).
+        If dout does not have the shape of x; the message names both shapes.
     """
     # ---- book/fc_layers.md:335 ----
     x = cache
@@ -171,7 +172,7 @@ def relu_backward(dout, cache):
     return np.where(x > 0, dout, 0.0)
 
 
-# ---- book/fc_layers.md:564 ----
+# ---- book/fc_layers.md:575 ----
 import numpy as np
 
 
@@ -200,7 +201,7 @@ def _check_scores_labels(name, x, y):
     return x, y
 
 
-# ---- book/fc_layers.md:598 ----
+# ---- book/fc_layers.md:609 ----
 import numpy as np
 
 
@@ -224,8 +225,9 @@ def svm_loss(x, y):
     Raises
     ------
     ValueError
-        Through ``x, y = _check_scores_labels("svm_loss", x, y)``, called first (bad shapes,
-        non-integer labels or labels outside [0, C); integer scores are cast to float64).
+        For bad shapes, non-integer labels or labels outside [0, C), raised by
+        ``x, y = _check_scores_labels("svm_loss", x, y)``, which casts integer scores to
+        float64.
     """
     # ---- book/fc_layers.md:622 ----
     x, y = _check_scores_labels("svm_loss", x, y)
@@ -242,7 +244,7 @@ def svm_loss(x, y):
     return loss, dx
 
 
-# ---- book/fc_layers.md:639 ----
+# ---- book/fc_layers.md:651 ----
 import numpy as np
 
 
@@ -266,8 +268,9 @@ def softmax_loss(x, y):
     Raises
     ------
     ValueError
-        Through ``x, y = _check_scores_labels("softmax_loss", x, y)``, called first (bad shapes,
-        non-integer labels or labels outside [0, C); integer scores are cast to float64).
+        For bad shapes, non-integer labels or labels outside [0, C), raised by
+        ``x, y = _check_scores_labels("softmax_loss", x, y)``, which casts integer scores to
+        float64.
     """
     # ---- book/fc_layers.md:663 ----
     x, y = _check_scores_labels("softmax_loss", x, y)
@@ -1115,7 +1118,7 @@ def avg_pool_backward_naive(dout, cache):
     return dx
 
 
-# ---- book/fast_training.md:829 ----
+# ---- book/fast_training.md:830 ----
 import numpy as np
 
 

@@ -3,7 +3,7 @@
 # Chapters: book/fast_training.md
 
 
-# ---- book/fast_training.md:157 ----
+# ---- book/fast_training.md:158 ----
 import numpy as np
 
 
@@ -57,7 +57,7 @@ def _check_dout(name, dout, shape, dtype):
     return dout.astype(dtype, copy=False)
 
 
-# ---- book/fast_training.md:224 ----
+# ---- book/fast_training.md:223 ----
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
@@ -111,7 +111,7 @@ def im2col_chunks(fields, chunk_bytes=None):
         yield n, cols.reshape(len(cols) * fields.shape[1] * fields.shape[2], -1)
 
 
-# ---- book/fast_training.md:268 ----
+# ---- book/fast_training.md:267 ----
 def conv_forward(x, w, pad=1, chunk_bytes=None):
     """Convolution with stride 1, channels last, as im2col + one matrix product per chunk.
 
@@ -136,7 +136,7 @@ def conv_forward(x, w, pad=1, chunk_bytes=None):
     return out, (xp, w, pads)
 
 
-# ---- book/fast_training.md:308 ----
+# ---- book/fast_training.md:307 ----
 def conv_backward(dout, cache, need_dx=True, chunk_bytes=None):
     """Backward pass of ``conv_forward``: dout (N, H_out, W_out, F) -> dx (N, H, W, C) or None
     (if not need_dx, e.g. for a first layer), dw (k, k, C, F).
@@ -163,7 +163,7 @@ def conv_backward(dout, cache, need_dx=True, chunk_bytes=None):
     return dx, dw.reshape(w.shape)
 
 
-# ---- book/fast_training.md:404 ----
+# ---- book/fast_training.md:403 ----
 def _pool_windows(x):
     """The four entries of every 2x2 window of x (N, H, W, C), as strided views."""
     H, W = 2 * (x.shape[1] // 2), 2 * (x.shape[2] // 2)
@@ -211,7 +211,7 @@ def max_pool_backward(dout, cache):
     return dx
 
 
-# ---- book/fast_training.md:477 ----
+# ---- book/fast_training.md:476 ----
 def _check_bn(name, x, gamma, beta, bn_param):
     _check_nhwc(name, x)
     C = x.shape[3]
@@ -237,7 +237,7 @@ def _add_over_batch(bn_param, *sums):
     return np.split(total, np.cumsum([len(s) for s in sums])[:-1])
 
 
-# ---- book/fast_training.md:505 ----
+# ---- book/fast_training.md:504 ----
 def batchnorm_relu_forward(x, gamma, beta, bn_param, relu=True):
     """Spatial batch normalization followed by a ReLU (if relu), channels last.
 
@@ -270,7 +270,7 @@ def batchnorm_relu_forward(x, gamma, beta, bn_param, relu=True):
     return out.reshape(x.shape), (x, out if relu else None, gamma, mean, inv_std, M, bn_param)
 
 
-# ---- book/fast_training.md:542 ----
+# ---- book/fast_training.md:541 ----
 def batchnorm_relu_backward(dout, cache):
     """Backward pass of ``batchnorm_relu_forward``: returns dx (N, H, W, C), dgamma, dbeta (C,).
 
@@ -293,7 +293,7 @@ def batchnorm_relu_backward(dout, cache):
     return d.reshape(x.shape), dgamma, dbeta
 
 
-# ---- book/fast_training.md:580 ----
+# ---- book/fast_training.md:579 ----
 def conv_bn_relu_forward(x, w, gamma, beta, bn_param, pool=False):
     """conv (3x3, pad 1) -> [2x2 max pool] -> batchnorm -> ReLU, channels last.
     x : (N, H, W, C); w : (3, 3, C, F); gamma, beta : (F,). Returns out and the cache.
@@ -350,7 +350,7 @@ def residual_backward(dout, cache):
     return dx, dw, dgamma, dbeta
 
 
-# ---- book/fast_training.md:632 ----
+# ---- book/fast_training.md:631 ----
 def global_avg_pool_forward(x):
     """Mean over the pixels of each channel: x (N, H, W, C) -> out (N, C), cache.
 
@@ -397,7 +397,7 @@ def global_max_pool_backward(dout, cache):
     return dx.reshape(N, H, W, C)
 
 
-# ---- book/fast_training.md:1322 ----
+# ---- book/fast_training.md:1323 ----
 import numpy as np
 
 WINOGRAD_G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
@@ -455,7 +455,7 @@ def winograd_output_tiles(M, out):
         _at(s[a], [out[:, a::2, 0::2], out[:, a::2, 1::2]])  # ... then along the columns
 
 
-# ---- book/fast_training.md:1374 ----
+# ---- book/fast_training.md:1375 ----
 def _winograd_chunks(xp, Th, Tw, C, F, chunk_bytes):
     """Yield (n, m, V): images n .. n+m of xp as transformed tiles V (16, m*Th*Tw, C), in a
     buffer of about chunk_bytes (with the products' output, 16 numbers per tile and filter)."""
@@ -492,7 +492,7 @@ def winograd_conv_forward(x, w, pad=1, chunk_bytes=None):
     return out[:, :H_out, :W_out], (xp, w, pads, (H_out, W_out))
 
 
-# ---- book/fast_training.md:1415 ----
+# ---- book/fast_training.md:1416 ----
 def winograd_conv_backward(dout, cache, need_dx=True, chunk_bytes=None):
     """Backward pass of ``winograd_conv_forward``: dout (N, H_out, W_out, F) -> dx or None, dw.
 

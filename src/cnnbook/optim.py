@@ -289,7 +289,7 @@ def adam(w, dw, config=None):
 STATE_PER_PARAMETER = {"sgd": 0, "sgd_momentum": 1, "rmsprop": 1, "adam": 2}
 
 
-# ---- book/fast_training.md:1550 ----
+# ---- book/fast_training.md:1554 ----
 import numpy as np
 
 

@@ -173,7 +173,7 @@ def plot_filter_grid(filters, ncols=None, ax=None, title=None, cmap="gray"):
     return ax.figure
 
 
-# ---- book/fast_training.md:2579 ----
+# ---- book/fast_training.md:2586 ----
 import numpy as np
 
 

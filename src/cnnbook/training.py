@@ -3,7 +3,7 @@
 # Chapters: book/fast_training.md
 
 
-# ---- book/fast_training.md:82 ----
+# ---- book/fast_training.md:83 ----
 import time
 
 import numpy as np
@@ -30,7 +30,7 @@ def _seconds(f, *args):
     return time.perf_counter() - start
 
 
-# ---- book/fast_training.md:1093 ----
+# ---- book/fast_training.md:1094 ----
 import copy
 import os
 import threading
@@ -70,7 +70,7 @@ class SumOverThreads:
         return total
 
 
-# ---- book/fast_training.md:1135 ----
+# ---- book/fast_training.md:1136 ----
 class DataParallel:
     """Runs ``model.loss`` on equal parts of a batch in ``threads`` threads (default: the usable
     cores), BLAS single-threaded, and combines the results. With sync_bn (default), batch
@@ -103,7 +103,7 @@ class DataParallel:
                        errors[0])
         return [f.result() for f in futures]
 
-    # ---- book/fast_training.md:1168 ----
+    # ---- book/fast_training.md:1169 ----
     def loss(self, X, y=None):
         """As ``model.loss``: the scores (N, classes) for y=None, else (loss, grads)."""
         if y is None:                       # test mode: any parts will do, no statistics to share
@@ -141,7 +141,7 @@ class DataParallel:
         return loss, grads
 
 
-# ---- book/fast_training.md:1602 ----
+# ---- book/fast_training.md:1606 ----
 import numpy as np
 
 
@@ -214,7 +214,7 @@ def normalize(X, mean, std):
     return (X.astype(np.float32) * np.float32(1 / 255) - mean) / std
 
 
-# ---- book/fast_training.md:1788 ----
+# ---- book/fast_training.md:1794 ----
 import errno
 import json
 import os
@@ -293,7 +293,7 @@ def load_checkpoint(path):
     return arrays, meta
 
 
-# ---- book/fast_training.md:1876 ----
+# ---- book/fast_training.md:1882 ----
 import hashlib
 import math
 import numbers
@@ -372,7 +372,7 @@ def _data_fingerprint(X, y):
     return "sha256:" + h.hexdigest()
 
 
-# ---- book/fast_training.md:1957 ----
+# ---- book/fast_training.md:1963 ----
 from cnnbook import optim
 
 
@@ -437,7 +437,7 @@ class Trainer:
         self.epoch, self.step = 0, 0
         self.history = {"loss": [], "train_acc": [], "test_acc": [], "lr": [], "seconds": []}
 
-    # ---- book/fast_training.md:2045 ----
+    # ---- book/fast_training.md:2051 ----
     def train_epoch(self):
         """One pass over the shuffled, augmented training images; returns (mean loss, accuracy).
         Raises TrainingDiverged before an update whose loss or gradients are not finite."""
@@ -462,7 +462,7 @@ class Trainer:
             bar.close()
         return float(np.mean(losses)), correct / (self.steps_per_epoch * bs)
 
-    # ---- book/fast_training.md:2071 ----
+    # ---- book/fast_training.md:2077 ----
     def train_step(self, X_batch, y_batch):
         """One step of SGD on a normalized batch X_batch (N, H, W, C) float32; returns the loss."""
         loss, grads = self.parallel.loss(X_batch, y_batch)
@@ -477,14 +477,14 @@ class Trainer:
             self._lookahead()
         return float(loss)
 
-    # ---- book/fast_training.md:2087 ----
+    # ---- book/fast_training.md:2093 ----
     def learning_rate(self):
         """The learning rate of the current step (``one_cycle_lr`` with this run's settings)."""
         s = self.settings
         return one_cycle_lr(self.step, self.total_steps, s["learning_rate"], s["warmup"],
                             s["lr_start"], s["lr_end"])
 
-    # ---- book/fast_training.md:2095 ----
+    # ---- book/fast_training.md:2101 ----
     def _check_finite(self, loss, grads):
         """TrainingDiverged unless the loss and the gradients of the current step are finite."""
         bad = [name for name, g in grads.items() if not np.isfinite(g).all()]
@@ -500,7 +500,7 @@ class Trainer:
         f"{self.steps_per_epoch} (step {self.step + 1} of the run): the loss is {float(loss)}"
         f"{grads_text}; the parameters were not updated with this step's gradients{kept}")
 
-    # ---- book/fast_training.md:2124 ----
+    # ---- book/fast_training.md:2130 ----
     def _averaged_arrays(self):
         """The arrays lookahead averages, by checkpoint name: the parameters and the batch-norm
         running averages (which exist after the first step)."""
@@ -509,7 +509,7 @@ class Trainer:
                        for k, v in bn.items() if k.startswith("running_")})
         return arrays
 
-    # ---- book/fast_training.md:2134 ----
+    # ---- book/fast_training.md:2140 ----
     def _lookahead(self):
         """After step ``self.step``: every 5 steps, slow += (1 - decay) * (weights - slow), then
         weights = slow, with decay = 0.95**5 * (step / total)**3; after the last step, weights = slow
@@ -528,7 +528,7 @@ class Trainer:
             for key, fast in arrays.items():
                 fast[...] = self.slow[key]
 
-    # ---- book/fast_training.md:2163 ----
+    # ---- book/fast_training.md:2170 ----
     def state(self):
         """The training state as (arrays, meta) for ``save_checkpoint``."""
         arrays = {f"param/{k}": v for k, v in self.model.params.items()}
@@ -543,7 +543,7 @@ class Trainer:
                 "step": self.step, "history": self.history, "rng": self.rng.bit_generator.state}
         return arrays, meta
 
-    # ---- book/fast_training.md:2179 ----
+    # ---- book/fast_training.md:2186 ----
     def _expected_arrays(self, trained):
         """Array name -> (shape, dtype) of this trainer's checkpoints; ``trained``: after the first
         step, which creates the velocities and the batch-norm running averages."""
@@ -560,7 +560,7 @@ class Trainer:
             like["fixed/whitening"] = self.model.whitening
         return {k: (v.shape, v.dtype) for k, v in like.items()}
 
-    # ---- book/fast_training.md:2229 ----
+    # ---- book/fast_training.md:2236 ----
     def _check_run(self, meta, source):
         """CheckpointError unless the header ``meta`` has this run's entries, data and settings."""
         own = self.state()[1]
@@ -577,7 +577,7 @@ class Trainer:
             raise _refused(source, "settings", f"are those of another run: {meta['settings']}, "
                        f"not this run's {self.settings}")
 
-    # ---- book/fast_training.md:2247 ----
+    # ---- book/fast_training.md:2254 ----
     def _check_progress(self, meta, source):
         """CheckpointError unless epoch, step and history of ``meta`` fit this trainer."""
         epoch, step, history = meta["epoch"], meta["step"], meta["history"]
@@ -595,7 +595,7 @@ class Trainer:
                 count = " or ".join(map(str, lengths))
                 raise _refused(source, f"history/{key}", f"is not a list of {count} finite numbers")
 
-    # ---- book/fast_training.md:2266 ----
+    # ---- book/fast_training.md:2273 ----
     def _check_arrays(self, arrays, step, source):
         """CheckpointError unless ``arrays`` are exactly those of this model's state at ``step``,
         with their shapes and dtypes, finite, and this model's whitening filters."""
@@ -616,7 +616,7 @@ class Trainer:
                                                               self.model.whitening):
             raise _refused(source, "fixed/whitening", "differs from this model's whitening filters")
 
-    # ---- book/fast_training.md:2288 ----
+    # ---- book/fast_training.md:2295 ----
     def _check_rng(self, rng_state, source):
         """CheckpointError unless ``rng_state`` is a state a generator like ``self.rng`` takes as is."""
         probe = type(self.rng.bit_generator)()
@@ -628,7 +628,7 @@ class Trainer:
             raise _refused(source, "rng", f"is not a {type(probe).__name__} state: it would be read "
                        f"as {probe.state}")
 
-    # ---- book/fast_training.md:2308 ----
+    # ---- book/fast_training.md:2315 ----
     def restore(self, arrays, meta, source="checkpoint"):
         """Continue from a state made by ``state()`` of a run with the same data, settings and model.
         Everything is checked first: CheckpointError (naming ``source`` and the entry) and no change
@@ -654,7 +654,7 @@ class Trainer:
         self.history = {key: list(meta["history"][key]) for key in self.history}
         self.rng.bit_generator.state = meta["rng"]
 
-    # ---- book/fast_training.md:2349 ----
+    # ---- book/fast_training.md:2356 ----
     def train(self):
         """Run (or resume) the training; returns the history dict."""
         if self.checkpoint is not None and Path(self.checkpoint).exists():
@@ -682,14 +682,14 @@ class Trainer:
                 self.on_epoch_end(self)
         return self.history
 
-    # ---- book/fast_training.md:2378 ----
+    # ---- book/fast_training.md:2385 ----
     def evaluate(self):
         """Accuracy of the model as it is on the first ``eval_images`` test images (no test-time
         augmentation): a cheap learning curve; the full test set is for the end of the run."""
         n = self.settings["eval_images"]
         return self.accuracy(self.data["X_test"][:n], self.data["y_test"][:n], tta=0)
 
-    # ---- book/fast_training.md:2386 ----
+    # ---- book/fast_training.md:2393 ----
     def _record_test_acc(self):
         """Evaluate, add the test accuracy of the last epoch to the history, save; return it."""
         test_acc = self.evaluate()
@@ -697,17 +697,17 @@ class Trainer:
         self._save()
         return test_acc
 
-    # ---- book/fast_training.md:2395 ----
+    # ---- book/fast_training.md:2402 ----
     def _save(self):
         if self.checkpoint is not None:
             save_checkpoint(self.checkpoint, *self.state())
 
-    # ---- book/fast_training.md:2401 ----
+    # ---- book/fast_training.md:2408 ----
     def _print(self, message):
         if self.verbose:
             print(message, flush=True)
 
-    # ---- book/fast_training.md:2421 ----
+    # ---- book/fast_training.md:2428 ----
     def predict(self, X, tta=2, batch_size=1000, every_level=False):
         """Class scores (N, num_classes) of uint8 images X (N, H, W, C) with test-time augmentation
         tta: 0 none, 1 the mean over the image and its mirror image, 2 also views shifted by a pixel.
@@ -731,13 +731,13 @@ class Trainer:
         scores = {level: np.concatenate(parts) for level, parts in out.items()}
         return scores if every_level else scores[tta]
 
-    # ---- book/fast_training.md:2446 ----
+    # ---- book/fast_training.md:2453 ----
     def accuracy(self, X, y, tta=2):
         """Fraction of the images X whose highest score (``predict`` with ``tta``) is their label y."""
         return float((self.predict(X, tta).argmax(axis=1) == y).mean())
 
 
-# ---- book/fast_training.md:2037 ----
+# ---- book/fast_training.md:2043 ----
 import time
 
 
@@ -748,13 +748,13 @@ class TrainingDiverged(RuntimeError):
     """
 
 
-# ---- book/fast_training.md:2223 ----
+# ---- book/fast_training.md:2230 ----
 def _refused(source, entry, problem):
     """The CheckpointError for the entry ``entry`` of the checkpoint ``source``."""
     return CheckpointError(f"{source}: {entry!r} {problem}")
 
 
-# ---- book/fast_training.md:2417 ----
+# ---- book/fast_training.md:2424 ----
 import os
 
 
@@ -770,7 +770,7 @@ def _progress_bar(total, desc):
     return tqdm(total=total, desc=desc, unit="batch", leave=False)
 
 
-# ---- book/fast_training.md:2482 ----
+# ---- book/fast_training.md:2489 ----
 import ctypes
 import sys
 

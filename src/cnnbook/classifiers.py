@@ -457,7 +457,7 @@ def patch_covariance(X, chunk=500):
 
     Explained in the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "The network".
     """
-    # ---- book/fast_training.md:789 ----
+    # ---- book/fast_training.md:790 ----
     n, total, outer = 0, np.zeros(12), np.zeros((12, 12))
     for i in range(0, len(X), chunk):
         patches = receptive_fields(np.ascontiguousarray(X[i:i + chunk], np.float64), 2)
@@ -477,7 +477,7 @@ def whitening_filters(X, eps=5e-4, keep=12):
     largest eigenvalues, each scaled by 1 / sqrt(eigenvalue + eps), then their negatives. eps
     damps the directions of tiny variance; keep < 12 leaves the faintest ones out.
     """
-    # ---- book/fast_training.md:806 ----
+    # ---- book/fast_training.md:807 ----
     if X.ndim != 4 or X.shape[3] != 3:
         raise ValueError(f"whitening_filters: X must be (N, H, W, 3) images, got {X.shape}")
     if not 1 <= keep <= 12:
@@ -502,7 +502,7 @@ class FastConvNet:
     ``head_pool``: "max" or "avg", the global pooling before the affine layer.
     """
 
-    # ---- book/fast_training.md:909 ----
+    # ---- book/fast_training.md:910 ----
     def __init__(self, whitening, widths=(32, 96, 192), num_classes=10, smoothing=0.2,
                  scale=1 / 8, dirac=True, bn_momentum=0.6, head_pool="max", seed=0,
                  dtype=np.float32):

@@ -24,7 +24,7 @@ class DatasetUnavailableError(RuntimeError):
     """
 
 
-# ---- book/cifar10.md:106 ----
+# ---- book/cifar10.md:108 ----
 class ChecksumError(DatasetUnavailableError):
     """The downloaded archive does not have the expected md5 checksum.
 
@@ -32,7 +32,7 @@ class ChecksumError(DatasetUnavailableError):
     """
 
 
-# ---- book/cifar10.md:110 ----
+# ---- book/cifar10.md:112 ----
 def _local_copy_hint():
     return (
         f"To use a copy that is already on disk, set the environment variable {CIFAR10_ENV} to the "
@@ -125,7 +125,7 @@ def load_batch(path):
 
     Raises ValueError, naming the file, if it is not a valid batch.
     """
-    # ---- book/cifar10.md:216 ----
+    # ---- book/cifar10.md:218 ----
     path = Path(path)
     try:
         with open(path, "rb") as f:
@@ -152,7 +152,7 @@ def default_cache_dir():
 
     Explained in the chapter "The CIFAR-10 dataset" (book/cifar10.md), section "Where the data comes from".
     """
-    # ---- book/cifar10.md:291 ----
+    # ---- book/cifar10.md:293 ----
     env = os.environ.get(DATA_DIR_ENV, "").strip()
     if env:
         return Path(env).expanduser()
@@ -306,7 +306,7 @@ def fetch_cifar10(cache_dir=None, url=CIFAR10_URL, md5=CIFAR10_MD5, downloader=N
     Raises ChecksumError if the download has the wrong checksum (pooch deletes it, so a retry
     downloads again), DatasetUnavailableError if it cannot be downloaded or extracted.
     """
-    # ---- book/cifar10.md:463 ----
+    # ---- book/cifar10.md:465 ----
     cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     target = cache / CIFAR10_FOLDER
     if target.exists():
@@ -339,7 +339,7 @@ def find_cifar10(root=None, download=True):
     (``default_cache_dir()``), downloading into it with ``fetch_cifar10`` if the data is absent and
     ``download`` is true.
     """
-    # ---- book/cifar10.md:498 ----
+    # ---- book/cifar10.md:500 ----
     if root is not None:
         return _batches_dir(root, "the root argument")
     env = os.environ.get(CIFAR10_ENV, "").strip()
@@ -368,7 +368,7 @@ def load_cifar10(root=None, download=True):
     X_test : uint8 array (10000, 32, 32, 3)
     y_test : int64 array (10000,)
     """
-    # ---- book/cifar10.md:524 ----
+    # ---- book/cifar10.md:526 ----
     directory = find_cifar10(root, download)
     _note_copy(directory)  # which copy this is; warns once if it is not the official one
     batches = [load_batch(directory / name) for name in TRAIN_BATCHES]
@@ -441,7 +441,7 @@ def cifar10_fingerprint(root=None):
     hash of the files' contents. Cached per directory; recomputed when a file's size or
     modification time changes.
     """
-    # ---- book/cifar10.md:618 ----
+    # ---- book/cifar10.md:621 ----
     return _fingerprint(find_cifar10(root, download=False))
 
 
@@ -450,7 +450,7 @@ def loaded_fingerprints():
 
     Explained in the chapter "The CIFAR-10 dataset" (book/cifar10.md), section "Which copy of CIFAR-10?".
     """
-    # ---- book/cifar10.md:623 ----
+    # ---- book/cifar10.md:626 ----
     return sorted(set(_LOADED.values()))
 
 
@@ -528,7 +528,7 @@ def get_cifar10_data(num_training=49000, num_validation=1000, num_test=1000, sub
     - ``mean_image``: the mean of the training split, (3, 32, 32) or (32, 32, 3) like the images,
       of ``dtype`` (add it back to see the images).
     """
-    # ---- book/cifar10.md:912 ----
+    # ---- book/cifar10.md:921 ----
     dtype = _check_split_args(num_training, num_validation, num_test, dtype)
     sizes = (num_training, num_validation, num_test)
     _check_split_sizes(*sizes, 50000, 10000)

@@ -16,8 +16,12 @@ EXERCISE_TAG = "exercise"
 @dataclass
 class ExerciseCell:
     """A cell tagged ``exercise``: its exercises (qualified names), the module its
-    ``use_my_code`` call names, and which exercises are still the untouched stub."""
+    ``use_my_code`` call names, and which exercises are still the untouched stub.
 
+    Explained in the chapter "Grading the exercises" (book/grading.md), section "Which exercises a notebook has".
+    """
+
+    # ---- book/grading.md:60 ----
     index: int  # position among all cells of the notebook
     exercises: list = field(default_factory=list)
     module: str = None
@@ -35,7 +39,11 @@ def _public(name):
 
 
 def exercise_cell(index, source):
-    """The exercises a cell defines (the rule of tools/make_exercises.py)."""
+    """The exercises a cell defines (the rule of tools/make_exercises.py).
+
+    Explained in the chapter "Grading the exercises" (book/grading.md), section "Which exercises a notebook has".
+    """
+    # ---- book/grading.md:78 ----
     found = ExerciseCell(index)
     match = re.search(r"use_my_code\(\s*['\"]([\w.]+)['\"]", source)
     found.module = match.group(1) if match else None
@@ -62,7 +70,11 @@ def exercise_cell(index, source):
 
 
 def exercise_cells(nb):
-    """The notebook's exercise cells, by cell index."""
+    """The notebook's exercise cells, by cell index.
+
+    Explained in the chapter "Grading the exercises" (book/grading.md), section "Which exercises a notebook has".
+    """
+    # ---- book/grading.md:105 ----
     return {i: exercise_cell(i, cell.source) for i, cell in enumerate(nb.cells)
             if cell.cell_type == "code" and EXERCISE_TAG in cell.metadata.get("tags", [])}
 
@@ -144,8 +156,12 @@ import subprocess
 
 @dataclass
 class CellRun:
-    """What one code cell of the notebook did."""
+    """What one code cell of the notebook did.
 
+    Explained in the chapter "Grading the exercises" (book/grading.md), section "Tracing which exercise a check calls".
+    """
+
+    # ---- book/grading.md:213 ----
     number: int  # 1-based among the notebook's code cells
     source: str
     error: tuple = None  # (exception type, message) if the cell failed
@@ -174,7 +190,11 @@ def _first_error(cell, timeout):
 
 def run_notebook(nb, cwd=".", timeout=600):
     """Execute nb's code cells in a fresh python3 kernel (working directory ``cwd``), tracing
-    the exercises; return a CellRun per code cell that ran."""
+    the exercises; return a CellRun per code cell that ran.
+
+    Explained in the chapter "Grading the exercises" (book/grading.md), section "Tracing which exercise a check calls".
+    """
+    # ---- book/grading.md:242 ----
     import nbformat
     from nbclient import NotebookClient
     from nbclient.exceptions import DeadKernelError
@@ -235,7 +255,11 @@ def _named(name, text):
 
 
 def attribute(runs, nb_exercises):
-    """{exercise: verdict} from the cell runs, and the failures no exercise is blamed for."""
+    """{exercise: verdict} from the cell runs, and the failures no exercise is blamed for.
+
+    Explained in the chapter "Grading the exercises" (book/grading.md), section "Whom a failure belongs to".
+    """
+    # ---- book/grading.md:326 ----
     names = [n for found in nb_exercises for n in found.exercises]
     unwritten = {n for found in nb_exercises for n in found.stubs}
     unwritten |= {n for run in runs for n, error, stub in run.raised
@@ -285,7 +309,11 @@ from pathlib import Path
 
 
 def read_notebook(path):
-    """A notebook from an .ipynb file or a MyST .md file."""
+    """A notebook from an .ipynb file or a MyST .md file.
+
+    Explained in the chapter "Grading the exercises" (book/grading.md), section "The command".
+    """
+    # ---- book/grading.md:383 ----
     import jupytext
 
     path = Path(path)
@@ -297,7 +325,11 @@ def read_notebook(path):
 
 
 def report(verdicts, other=(), title="exercises"):
-    """The table of verdicts (and the failures no exercise was blamed for) as text."""
+    """The table of verdicts (and the failures no exercise was blamed for) as text.
+
+    Explained in the chapter "Grading the exercises" (book/grading.md), section "The command".
+    """
+    # ---- book/grading.md:395 ----
     width = max([len(n) for n in verdicts] + [len("exercise")])
     lines = [title, f"{'exercise':<{width}}  verdict", "-" * (width + 9)]
     lines += [f"{name:<{width}}  {verdict}" for name, verdict in verdicts.items()]
@@ -310,7 +342,11 @@ def report(verdicts, other=(), title="exercises"):
 def grade(notebook, cwd=".", timeout=None, title="exercises"):
     """Run and grade a notebook (a path or a notebook object); print the table and return
     (verdicts, other failures). The timeout per cell defaults to the chapter's own (its
-    ``mystnb: execution_timeout``), else 600 s."""
+    ``mystnb: execution_timeout``), else 600 s.
+
+    Explained in the chapter "Grading the exercises" (book/grading.md), section "The command".
+    """
+    # ---- book/grading.md:408 ----
     nb = read_notebook(notebook) if isinstance(notebook, (str, Path)) else notebook
     if timeout is None:
         timeout = nb.metadata.get("mystnb", {}).get("execution_timeout") or 600
@@ -325,6 +361,8 @@ def grade(notebook, cwd=".", timeout=None, title="exercises"):
 
 
 def main(argv=None):
+    """Explained in the chapter "Grading the exercises" (book/grading.md), section "The command"."""
+    # ---- book/grading.md:422 ----
     parser = argparse.ArgumentParser(prog="python -m cnnbook.grade",
                                      description="Run a student edition and grade its exercises.")
     parser.add_argument("notebook", type=Path, help="the student's .ipynb or MyST .md")
@@ -345,23 +383,3 @@ def main(argv=None):
 # ---- book/grading.md:445 ----
 if __name__ == "__main__" and "__file__" in globals():  # python -m cnnbook.grade
     sys.exit(main())
-
-
-# ---- where the book explains each definition (tools/tangle.py) ----
-_EXPLAINED_IN = {
-    'ExerciseCell': 'the chapter "Grading the exercises" (book/grading.md), section "Which exercises a notebook has"',
-    'exercise_cell': 'the chapter "Grading the exercises" (book/grading.md), section "Which exercises a notebook has"',
-    'exercise_cells': 'the chapter "Grading the exercises" (book/grading.md), section "Which exercises a notebook has"',
-    'CellRun': 'the chapter "Grading the exercises" (book/grading.md), section "Tracing which exercise a check calls"',
-    'run_notebook': 'the chapter "Grading the exercises" (book/grading.md), section "Tracing which exercise a check calls"',
-    'attribute': 'the chapter "Grading the exercises" (book/grading.md), section "Whom a failure belongs to"',
-    'read_notebook': 'the chapter "Grading the exercises" (book/grading.md), section "The command"',
-    'report': 'the chapter "Grading the exercises" (book/grading.md), section "The command"',
-    'grade': 'the chapter "Grading the exercises" (book/grading.md), section "The command"',
-    'main': 'the chapter "Grading the exercises" (book/grading.md), section "The command"',
-}
-for _name, _where in _EXPLAINED_IN.items():
-    # after the docstring's first paragraph, so that help() shows it at the top
-    _head, _, _rest = (globals()[_name].__doc__ or "").partition("\n\n")
-    globals()[_name].__doc__ = f"{_head.rstrip()}\n\n    Explained in {_where}.\n\n{_rest}"
-del _name, _where, _head, _rest

@@ -94,7 +94,7 @@ def eval_numerical_gradient(f, x, verbose=True, h=1e-5):
         Through the helpers above: ``_check_float_array`` (x not a float ndarray),
         ``_check_step`` (h) and ``_as_scalar`` (f's value not a scalar).
     """
-    # ---- book/gradient_checking.md:266 ----
+    # ---- book/gradient_checking.md:268 ----
     _check_float_array("eval_numerical_gradient", x)
     _check_step("eval_numerical_gradient", h)
     grad = np.zeros_like(x)
@@ -132,7 +132,7 @@ def rel_error(x, y):
         ``max_i |x_i - y_i| / max(1e-8, |x_i| + |y_i|)``, computed in float64
         (0.0 for empty arrays).
     """
-    # ---- book/gradient_checking.md:346 ----
+    # ---- book/gradient_checking.md:350 ----
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
     if x.shape != y.shape:
@@ -180,7 +180,7 @@ def eval_numerical_gradient_array(f, x, df, h=1e-5):
     Copy ``f(x)`` before perturbing ``x`` again: ``f`` may return a view of ``x`` (dropout in
     test mode returns ``x`` itself), which the next perturbation would overwrite.
     """
-    # ---- book/gradient_checking.md:460 ----
+    # ---- book/gradient_checking.md:464 ----
     _check_float_array("eval_numerical_gradient_array", x)
     _check_step("eval_numerical_gradient_array", h)
     df = np.asarray(df)
@@ -222,7 +222,7 @@ def grad_check_sparse(f, x, analytic_grad, num_checks=10, h=1e-5, seed=None):
     rel_errors : ndarray of shape ``(num_checks,)``, the relative error at each checked
         coordinate; each is also printed.
     """
-    # ---- book/gradient_checking.md:564 ----
+    # ---- book/gradient_checking.md:567 ----
     num_checks = _check_sparse_args(x, analytic_grad, h, num_checks)
     analytic_grad = np.asarray(analytic_grad)
     rng = np.random.default_rng(seed)

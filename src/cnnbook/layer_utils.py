@@ -23,7 +23,7 @@ def affine_relu_forward(x, w, b):
     out : ndarray of shape (N, M)
     cache : (affine cache, relu cache), for ``affine_relu_backward``.
     """
-    # ---- book/fc_layers.md:454 ----
+    # ---- book/fc_layers.md:462 ----
     a, fc_cache = affine_forward(x, w, b)
     out, relu_cache = relu_forward(a)
     return out, (fc_cache, relu_cache)
@@ -45,7 +45,7 @@ def affine_relu_backward(dout, cache):
     dw : ndarray of shape (D, M)
     db : ndarray of shape (M,)
     """
-    # ---- book/fc_layers.md:473 ----
+    # ---- book/fc_layers.md:481 ----
     fc_cache, relu_cache = cache
     da = relu_backward(dout, relu_cache)
     return affine_backward(da, fc_cache)

@@ -63,7 +63,7 @@ def affine_forward(x, w, b):
         w.shape[0] features, b not of shape (M,)), raised by ``_check_affine_args(x, w, b)``,
         which otherwise returns ``x, w, b, N, D, M``.
     """
-    # ---- book/fc_layers.md:144 ----
+    # ---- book/fc_layers.md:145 ----
     x, w, b, N, D, M = _check_affine_args(x, w, b)
     out = x.reshape(N, D) @ w + b
     cache = (x, w, b)
@@ -98,7 +98,7 @@ def affine_backward(dout, cache):
         If dout does not have the shape (N, M) of the forward output; the message names both
         shapes.
     """
-    # ---- book/fc_layers.md:177 ----
+    # ---- book/fc_layers.md:179 ----
     x, w, b = cache
     N, (D, M) = x.shape[0], w.shape
     dout = np.asarray(dout)
@@ -131,7 +131,7 @@ def relu_forward(x):
     out : ndarray of the same shape as x
     cache : x, for ``relu_backward``.
     """
-    # ---- book/fc_layers.md:306 ----
+    # ---- book/fc_layers.md:313 ----
     x = np.asarray(x)
     out = np.maximum(0, x)
     cache = x
@@ -161,7 +161,7 @@ def relu_backward(dout, cache):
     ValueError
         If dout does not have the shape of x; the message names both shapes.
     """
-    # ---- book/fc_layers.md:335 ----
+    # ---- book/fc_layers.md:342 ----
     x = cache
     dout = np.asarray(dout)
     if dout.shape != x.shape:
@@ -229,7 +229,7 @@ def svm_loss(x, y):
         ``x, y = _check_scores_labels("svm_loss", x, y)``, which casts integer scores to
         float64.
     """
-    # ---- book/fc_layers.md:622 ----
+    # ---- book/fc_layers.md:634 ----
     x, y = _check_scores_labels("svm_loss", x, y)
     N = x.shape[0]
     rows = np.arange(N)
@@ -272,7 +272,7 @@ def softmax_loss(x, y):
         ``x, y = _check_scores_labels("softmax_loss", x, y)``, which casts integer scores to
         float64.
     """
-    # ---- book/fc_layers.md:663 ----
+    # ---- book/fc_layers.md:676 ----
     x, y = _check_scores_labels("softmax_loss", x, y)
     N = x.shape[0]
     rows = np.arange(N)
@@ -1131,7 +1131,7 @@ def softmax_loss_smooth(x, y, smoothing=0.0):
     (1 - smoothing) on the label plus smoothing / C on every class.
     Returns the loss (averaged over the batch) and dx (N, C).
     """
-    # ---- book/fast_training.md:839 ----
+    # ---- book/fast_training.md:840 ----
     x, y = _check_scores_labels("softmax_loss_smooth", x, y)
     if not 0 <= smoothing < 1:
         raise ValueError(f"softmax_loss_smooth: smoothing must be in [0, 1), got {smoothing}")

@@ -69,7 +69,7 @@ def pad_nhwc(x, pads):
 
     Explained in the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Channels last".
     """
-    # ---- book/fast_training.md:232 ----
+    # ---- book/fast_training.md:231 ----
     (top, bottom), (left, right) = pads
     if top == bottom == left == right == 0:
         return np.ascontiguousarray(x)
@@ -88,7 +88,7 @@ def receptive_fields(xp, k):
 
     Explained in the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Channels last".
     """
-    # ---- book/fast_training.md:247 ----
+    # ---- book/fast_training.md:246 ----
     N, H, W, C = xp.shape
     sN, sH, sW, sC = xp.strides
     return as_strided(xp, (N, H - k + 1, W - k + 1, k, k * C), (sN, sH, sW, sH, sC),
@@ -101,7 +101,7 @@ def im2col_chunks(fields, chunk_bytes=None):
 
     Explained in the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Channels last".
     """
-    # ---- book/fast_training.md:256 ----
+    # ---- book/fast_training.md:255 ----
     N, per_image = len(fields), fields[0].size * fields.itemsize
     step = min(N, max(2, (chunk_bytes or CONV_CHUNK_BYTES) // per_image))
     buffer = np.empty((step,) + fields.shape[1:], fields.dtype)
@@ -123,7 +123,7 @@ def conv_forward(x, w, pad=1, chunk_bytes=None):
     (padded x, w, pads). There is no bias: in this chapter every convolution is followed by
     batch normalization, whose shift would cancel it.
     """
-    # ---- book/fast_training.md:277 ----
+    # ---- book/fast_training.md:276 ----
     (H_out, W_out), pads = _check_conv("conv_forward", x, w, pad)
     k, _, C, F = w.shape
     xp = pad_nhwc(x, pads)
@@ -143,7 +143,7 @@ def conv_backward(dout, cache, need_dx=True, chunk_bytes=None):
 
     Explained in the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Channels last".
     """
-    # ---- book/fast_training.md:311 ----
+    # ---- book/fast_training.md:310 ----
     xp, w, pads = cache
     k, _, C, F = w.shape
     fields = receptive_fields(xp, k)
@@ -175,7 +175,7 @@ def max_pool_forward(x):
 
     Explained in the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Pooling, batch normalization and ReLU, channels last".
     """
-    # ---- book/fast_training.md:412 ----
+    # ---- book/fast_training.md:411 ----
     _check_nhwc("max_pool_forward", x)
     if x.shape[1] < 2 or x.shape[2] < 2:
         raise ValueError(f"max_pool_forward: images of {x.shape[1]}x{x.shape[2]} pixels are "
@@ -192,7 +192,7 @@ def max_pool_backward(dout, cache):
 
     Explained in the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Pooling, batch normalization and ReLU, channels last".
     """
-    # ---- book/fast_training.md:425 ----
+    # ---- book/fast_training.md:424 ----
     x, out = cache
     dout = _check_dout("max_pool_backward", dout, out.shape, x.dtype)
     dx = np.empty_like(x)
@@ -247,7 +247,7 @@ def batchnorm_relu_forward(x, gamma, beta, bn_param, relu=True):
     'momentum', the running averages 'running_mean', 'running_var' (C,) it updates, and
     optionally 'allreduce' (section "Both cores"). Returns out (N, H, W, C) and the cache.
     """
-    # ---- book/fast_training.md:512 ----
+    # ---- book/fast_training.md:511 ----
     mode, eps, momentum = _check_bn("batchnorm_relu_forward", x, gamma, beta, bn_param)
     x2 = x.reshape(-1, x.shape[3])
     if mode == "train":
@@ -276,7 +276,7 @@ def batchnorm_relu_backward(dout, cache):
 
     Explained in the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Pooling, batch normalization and ReLU, channels last".
     """
-    # ---- book/fast_training.md:544 ----
+    # ---- book/fast_training.md:543 ----
     x, out, gamma, mean, inv_std, M, bn_param = cache
     d = _check_dout("batchnorm_relu_backward", dout, x.shape, x.dtype).reshape(-1, x.shape[3])
     x2 = x.reshape(d.shape)
@@ -301,7 +301,7 @@ def conv_bn_relu_forward(x, w, gamma, beta, bn_param, pool=False):
 
     Explained in the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Pooling, batch normalization and ReLU, channels last".
     """
-    # ---- book/fast_training.md:584 ----
+    # ---- book/fast_training.md:583 ----
     H, W = x.shape[1:3]
     pad = ((1, 1 - H % 2), (1, 1 - W % 2)) if pool else 1
     a, conv_cache = conv_forward(x, w, pad)
@@ -317,7 +317,7 @@ def conv_bn_relu_backward(dout, cache, need_dx=True):
 
     Explained in the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Pooling, batch normalization and ReLU, channels last".
     """
-    # ---- book/fast_training.md:596 ----
+    # ---- book/fast_training.md:595 ----
     conv_cache, pool_cache, bn_cache = cache
     da, dgamma, dbeta = batchnorm_relu_backward(dout, bn_cache)
     if pool_cache is not None:
@@ -331,7 +331,7 @@ def residual_forward(x, w, gamma, beta, bn_param):
 
     Explained in the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Pooling, batch normalization and ReLU, channels last".
     """
-    # ---- book/fast_training.md:606 ----
+    # ---- book/fast_training.md:605 ----
     if w.shape[2:] != (x.shape[3], x.shape[3]):
         raise ValueError(f"residual_forward: w must map the {x.shape[3]} channels of x to as "
                          f"many, got shape {w.shape}")
@@ -344,7 +344,7 @@ def residual_backward(dout, cache):
 
     Explained in the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Pooling, batch normalization and ReLU, channels last".
     """
-    # ---- book/fast_training.md:615 ----
+    # ---- book/fast_training.md:614 ----
     dx, dw, dgamma, dbeta = conv_bn_relu_backward(dout, cache)
     dx += dout
     return dx, dw, dgamma, dbeta
@@ -356,7 +356,7 @@ def global_avg_pool_forward(x):
 
     Explained in the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Pooling, batch normalization and ReLU, channels last".
     """
-    # ---- book/fast_training.md:634 ----
+    # ---- book/fast_training.md:633 ----
     _check_nhwc("global_avg_pool_forward", x)
     return x.mean(axis=(1, 2)), x.shape
 
@@ -366,7 +366,7 @@ def global_avg_pool_backward(dout, cache):
 
     Explained in the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Pooling, batch normalization and ReLU, channels last".
     """
-    # ---- book/fast_training.md:640 ----
+    # ---- book/fast_training.md:639 ----
     N, H, W, C = cache
     dout = _check_dout("global_avg_pool_backward", dout, (N, C), getattr(dout, "dtype", None))
     return np.broadcast_to(dout[:, None, None, :] / (H * W), cache).copy()
@@ -377,7 +377,7 @@ def global_max_pool_forward(x):
 
     Explained in the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Pooling, batch normalization and ReLU, channels last".
     """
-    # ---- book/fast_training.md:647 ----
+    # ---- book/fast_training.md:646 ----
     _check_nhwc("global_max_pool_forward", x)
     N, H, W, C = x.shape
     winner = x.reshape(N, H * W, C).argmax(axis=1)       # (N, C): the first largest pixel
@@ -389,7 +389,7 @@ def global_max_pool_backward(dout, cache):
 
     Explained in the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Pooling, batch normalization and ReLU, channels last".
     """
-    # ---- book/fast_training.md:655 ----
+    # ---- book/fast_training.md:654 ----
     (N, H, W, C), winner = cache
     dout = _check_dout("global_max_pool_backward", dout, (N, C), getattr(dout, "dtype", None))
     dx = np.zeros((N, H * W, C), dout.dtype)
@@ -434,7 +434,7 @@ def winograd_input_tiles(xp, V):
 
     Explained in the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Fewer multiplications: Winograd's convolution".
     """
-    # ---- book/fast_training.md:1355 ----
+    # ---- book/fast_training.md:1356 ----
     Th, Tw = V.shape[3:5]
     rows = [xp[:, i:i + 2 * Th:2] for i in range(4)]       # row i of every tile: (n, Th, Wp, C)
     r = np.empty((4,) + rows[0].shape, xp.dtype)
@@ -448,7 +448,7 @@ def winograd_output_tiles(M, out):
 
     Explained in the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Fewer multiplications: Winograd's convolution".
     """
-    # ---- book/fast_training.md:1365 ----
+    # ---- book/fast_training.md:1366 ----
     s = np.empty((2,) + M.shape[1:], M.dtype)
     _at(M, s)                                               # A^T along the rows
     for a in range(2):
@@ -475,7 +475,7 @@ def winograd_conv_forward(x, w, pad=1, chunk_bytes=None):
 
     Explained in the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Fewer multiplications: Winograd's convolution".
     """
-    # ---- book/fast_training.md:1390 ----
+    # ---- book/fast_training.md:1391 ----
     (H_out, W_out), pads = _check_conv("winograd_conv_forward", x, w, pad)
     if w.shape[0] != 3:
         raise ValueError(f"winograd_conv_forward: filters must be 3x3, got {w.shape}")
@@ -498,7 +498,7 @@ def winograd_conv_backward(dout, cache, need_dx=True, chunk_bytes=None):
 
     Explained in the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Fewer multiplications: Winograd's convolution".
     """
-    # ---- book/fast_training.md:1417 ----
+    # ---- book/fast_training.md:1418 ----
     xp, w, pads, (H_out, W_out) = cache
     N, C, F = xp.shape[0], w.shape[2], w.shape[3]
     Th, Tw = (xp.shape[1] - 2) // 2, (xp.shape[2] - 2) // 2

@@ -305,7 +305,7 @@ def sgd_nesterov(w, dw, config=None):
     default 0.9), ``weight_decay`` (>= 0, default 0) and the state ``velocity`` (shape of w).
     Returns next_w (shape and dtype of w) and config.
     """
-    # ---- book/fast_training.md:1563 ----
+    # ---- book/fast_training.md:1567 ----
     if config is None:
         config = {}
     w, dw = _check_w_dw("sgd_nesterov", w, dw)

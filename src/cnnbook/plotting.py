@@ -182,7 +182,7 @@ def plot_training_history(history, title=None):
 
     Explained in the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "What the network learned".
     """
-    # ---- book/fast_training.md:2584 ----
+    # ---- book/fast_training.md:2591 ----
     import matplotlib.pyplot as plt
 
     epochs = np.arange(1, len(history["loss"]) + 1)
@@ -207,7 +207,7 @@ def plot_confusion_matrix(y_true, y_pred, class_names, ax=None):
 
     Explained in the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "What the network learned".
     """
-    # ---- book/fast_training.md:2605 ----
+    # ---- book/fast_training.md:2612 ----
     import matplotlib.pyplot as plt
 
     k = len(class_names)
@@ -233,7 +233,7 @@ def plot_labelled_images(images, titles, ncols=8):
 
     Explained in the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "What the network learned".
     """
-    # ---- book/fast_training.md:2627 ----
+    # ---- book/fast_training.md:2634 ----
     import matplotlib.pyplot as plt
 
     nrows = -(-len(images) // ncols)

@@ -17,7 +17,7 @@ def sgemm_gflops(n=2048, repeats=5):
 
     Explained in the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "How fast is this machine?".
     """
-    # ---- book/fast_training.md:92 ----
+    # ---- book/fast_training.md:93 ----
     a = np.random.default_rng(0).random((n, n), dtype=np.float32)
     np.matmul(a, a)
     best = min(_seconds(np.matmul, a, a) for _ in range(repeats))
@@ -44,7 +44,7 @@ def usable_cores():
 
     Explained in the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Both cores".
     """
-    # ---- book/fast_training.md:1103 ----
+    # ---- book/fast_training.md:1104 ----
     if hasattr(os, "sched_getaffinity"):
         return len(os.sched_getaffinity(0))
     return os.cpu_count() or 1
@@ -57,7 +57,7 @@ class SumOverThreads:
     Explained in the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Both cores".
     """
 
-    # ---- book/fast_training.md:1112 ----
+    # ---- book/fast_training.md:1113 ----
     def __init__(self, n):
         self.n, self.arrays, self.barrier = n, [None] * n, threading.Barrier(n)
         self.local = threading.local()  # .index: this thread's place in the table
@@ -80,7 +80,7 @@ class DataParallel:
     Explained in the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Both cores".
     """
 
-    # ---- book/fast_training.md:1141 ----
+    # ---- book/fast_training.md:1142 ----
     def __init__(self, model, threads=None, sync_bn=True):
         self.model, self.sync_bn = model, sync_bn
         self.threads = usable_cores() if threads is None else threads
@@ -152,7 +152,7 @@ def one_cycle_lr(step, total_steps, peak, warmup=0.25, start=0.0, end=0.0):
 
     Explained in the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "The training recipe".
     """
-    # ---- book/fast_training.md:1609 ----
+    # ---- book/fast_training.md:1613 ----
     if not 0 <= step < total_steps:
         raise ValueError(f"one_cycle_lr: step {step} is outside [0, {total_steps})")
     if not (0 <= warmup < 1 and 0 <= start <= 1 and 0 <= end <= 1):
@@ -172,7 +172,7 @@ def random_crop_flip(X, rng, pad=4, flip=None, mode="constant"):
 
     Explained in the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "The training recipe".
     """
-    # ---- book/fast_training.md:1625 ----
+    # ---- book/fast_training.md:1629 ----
     if X.ndim != 4 or int(pad) != pad or pad < 0:
         raise ValueError(f"random_crop_flip: X must be images (N, H, W, C) and pad an int >= 0, "
                          f"got shape {X.shape} and pad {pad!r}")
@@ -196,7 +196,7 @@ def channel_stats(X):
 
     Explained in the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "The training recipe".
     """
-    # ---- book/fast_training.md:1645 ----
+    # ---- book/fast_training.md:1649 ----
     X2 = X.reshape(-1, X.shape[-1])
     counts = np.stack([np.bincount(X2[:, c], minlength=256) for c in range(X2.shape[1])])
     values = np.arange(256) / 255
@@ -210,7 +210,7 @@ def normalize(X, mean, std):
 
     Explained in the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "The training recipe".
     """
-    # ---- book/fast_training.md:1655 ----
+    # ---- book/fast_training.md:1659 ----
     return (X.astype(np.float32) * np.float32(1 / 255) - mean) / std
 
 
@@ -232,7 +232,7 @@ class CheckpointError(ValueError):
     """
 
 
-# ---- book/fast_training.md:1802 ----
+# ---- book/fast_training.md:1808 ----
 def save_checkpoint(path, arrays, meta):
     """Write arrays (dict name -> ndarray) and meta (a JSON-able dict) to ``path`` atomically:
     to a new temporary file in the same directory, synced, renamed over ``path``, and the
@@ -241,7 +241,7 @@ def save_checkpoint(path, arrays, meta):
 
     Explained in the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Checkpoints and the trainer".
     """
-    # ---- book/fast_training.md:1807 ----
+    # ---- book/fast_training.md:1813 ----
     path = Path(path)
     header = json.dumps({"format": CHECKPOINT_FORMAT, **meta})  # fails before any file exists
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
@@ -279,7 +279,7 @@ def load_checkpoint(path):
 
     Explained in the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Checkpoints and the trainer".
     """
-    # ---- book/fast_training.md:1841 ----
+    # ---- book/fast_training.md:1847 ----
     try:
         with np.load(path, allow_pickle=False) as z:  # a .npy file gives an array: TypeError
             meta = json.loads(str(z["__header__"]))
@@ -398,7 +398,7 @@ class Trainer:
     The model has ``params``, ``bn_params`` and ``loss``, as ``FastConvNet``.
     """
 
-    # ---- book/fast_training.md:1980 ----
+    # ---- book/fast_training.md:1986 ----
     def __init__(self, model, data, epochs=8, batch_size=512, learning_rate=1.2, warmup=0.23,
                  lr_start=0.2, lr_end=0.07, momentum=0.85, weight_decay=1.3e-3, bn_scale_lr=0.0,
                  bn_bias_lr=64.0, pad=2, reflect=True, alternate_flips=True, lookahead=True,
@@ -758,7 +758,7 @@ def _refused(source, entry, problem):
 import os
 
 
-# ---- book/fast_training.md:2451 ----
+# ---- book/fast_training.md:2458 ----
 def _progress_bar(total, desc):
     """A tqdm bar, or None when tqdm is missing or disabled (TQDM_DISABLE, as in the book's CI)."""
     if os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true", "yes"):
@@ -781,7 +781,7 @@ def keep_freed_memory():
 
     Explained in the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Checkpoints and the trainer".
     """
-    # ---- book/fast_training.md:2489 ----
+    # ---- book/fast_training.md:2496 ----
     if not sys.platform.startswith("linux"):
         return False
     try:

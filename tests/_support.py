@@ -41,9 +41,9 @@ def skip_or_fail(reason: str):
 
 def clean_env(**extra) -> dict:
     """The environment without anything that would let a fresh venv see this repository."""
-    env = {k: v for k, v in os.environ.items() if k not in {"PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME"}}
-    env.update(extra)
-    return env
+    from chapters import isolated_environ
+
+    return isolated_environ(**extra)
 
 
 def run(cmd, **kwargs) -> subprocess.CompletedProcess:

@@ -1,19 +1,27 @@
 """Binder: the pins in binder/requirements.txt are the versions of the environment the
 tests run in (the one CI verifies the reference outputs with), every library a chapter
 imports is pinned, and a fresh venv made only from those pins (plus the package, installed
-as binder/postBuild does, and nbclient, which Binder's Jupyter base image provides)
-runs the chapters and prints what their reference outputs hold."""
+as binder/postBuild does, and nbclient, which Binder's Jupyter base image provides) runs
+the chapters and prints what their reference outputs hold.
+
+That last check is not a test here: it is the nbval stage of tools/test.sh, which builds that
+environment (the harness's --binder-env) and runs every chapter in its kernel, so each chapter
+executes once for both (test_ci_runs_every_chapter_in_the_binder_environment). These tests
+check the parts: the environment --binder-env builds, that its kernel runs the installed
+package (and that the harness fails a kernel that does not), that a chapter runs there the
+way a reader runs it on Binder."""
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import textwrap
 from importlib import metadata
 
 import pytest
 
-from _support import ROOT, WHEELHOUSE, clean_env, fresh_venv, pip_offline, run
+from _support import CHAPTER_HEADER, ROOT, TOOLS, WHEELHOUSE, run, skip_or_fail
 
 REQUIREMENTS = ROOT / "binder" / "requirements.txt"
 PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;#]+)$")
@@ -97,53 +105,95 @@ def test_every_library_a_chapter_imports_is_pinned():
         ", ".join(unpinned)
 
 
-# The one chapter left out of the Binder run: its 16-epoch training takes ~24 minutes on two
-# cores, and the nbval stage of CI already runs it in the pinned environment.
-NOT_ON_BINDER_RUN = {"fast_training"}
+FIXTURE_CHAPTER = CHAPTER_HEADER + textwrap.dedent(
+    """\
+
+    # A fixture chapter
+
+    ```{code-cell} ipython3
+    import cnnbook
+    print(2 + 2)
+    ```
+    """
+)
+
+
+def fixture_chapter(folder):
+    """A one-cell chapter that imports cnnbook, with its reference (made in this environment)."""
+    from chapters import reference_json, reference_path
+    from refresh_outputs import execute
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "fixture.md"
+    path.write_text(FIXTURE_CHAPTER)
+    ref = reference_path(path)
+    ref.parent.mkdir(exist_ok=True)
+    ref.write_text(reference_json(execute(path)))
+    return path
+
+
+def run_harness(chapter, *options, env=None):
+    """``python -m pytest CHAPTER`` through the nbval harness, as tools/test.sh runs the book."""
+    env = dict(os.environ if env is None else env, PYTHONPATH=str(TOOLS))
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "nbval_chapters", "-p", "no:cacheprovider", "-q",
+         "--rootdir", chapter.parent, chapter, *options],
+        capture_output=True, text=True, env=env, cwd=chapter.parent)
 
 
 @pytest.fixture(scope="module")
 def binder(tmp_path_factory):
-    """What Binder makes, offline from .wheelhouse: a fresh venv from the pins (plus nbclient,
-    which Binder's Jupyter base image provides), then binder/postBuild run in a copy of the
-    repository with that venv first on PATH and its own HOME. Returns (python, repo, home)."""
+    """What Binder makes, built by the harness's ``--binder-env`` (the way tools/test.sh runs
+    every chapter): a fresh venv from the pins (plus nbclient, which Binder's Jupyter base
+    image provides), then binder/postBuild run in a copy of the repository with that venv
+    first on PATH and its own HOME. A fixture chapter runs in its kernel on the way.
+    Returns (BinderEnv, the harness run)."""
+    from chapters import BinderEnv
+
+    if not WHEELHOUSE.is_dir():
+        skip_or_fail(f"{WHEELHOUSE} is missing: run `bash tools/setup.sh` to fetch the wheels "
+                     "offline tests install")
     base = tmp_path_factory.mktemp("binder")
-    py = fresh_venv(base / "venv")
-    pip_offline(py, "-r", REQUIREMENTS, "nbclient")
-    repo, home = base / "repo", base / "home"
-    shutil.copytree(ROOT, repo, ignore=shutil.ignore_patterns(
-        ".git", ".venv", ".wheelhouse", "_build", ".hypothesis", "__pycache__"))
-    home.mkdir()
-    env = clean_env(PATH=f"{py.parent}{os.pathsep}{os.environ['PATH']}", HOME=str(home),
-                    PIP_NO_INDEX="1", PIP_FIND_LINKS=str(WHEELHOUSE),
-                    PIP_DISABLE_PIP_VERSION_CHECK="1")
-    run(["bash", repo / "binder" / "postBuild"], cwd=repo, env=env)
-    return py, repo, home
+    chapter = fixture_chapter(base / "book")
+    proc = run_harness(chapter, "--binder-env", base / "env")
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+    return BinderEnv(base / "env"), proc
 
 
-@pytest.fixture(scope="module")
-def binder_python(binder):
-    return binder[0]
+@pytest.mark.slow
+def test_binder_env_runs_chapters_with_the_installed_package(binder):
+    """--binder-env built the environment, ran the chapter in its kernel, and that kernel
+    imported cnnbook as postBuild installed it (the harness asks the kernel after the last
+    cell and fails the chapter otherwise), not from the repository's src."""
+    env, proc = binder
+    assert "1 passed" in proc.stdout
+    assert f"Binder environment built in {env.base}" in proc.stdout
+    kernels = [line for line in proc.stdout.splitlines() if line.startswith("  cnnbook-binder: ")]
+    assert len(kernels) == 1, proc.stdout
+    site = next(env.prefix.glob("lib/python*/site-packages"))
+    assert f": {env.python}, cnnbook from {site / 'cnnbook'} (1 chapter)" in kernels[0]
 
 
 @pytest.mark.slow
 def test_postbuild_installs_the_package_the_student_editions_and_jupytext(binder):
-    py, repo, home = binder
+    env, _ = binder
     code = "import cnnbook, jupytext; print(cnnbook.__file__)"
-    assert str(py.parent.parent) in run([py, "-c", code], cwd=home).stdout  # installed, not src
+    assert str(env.prefix) in run([env.python, "-c", code], cwd=env.home).stdout  # not src
     from chapters import notebook_chapters
 
-    made = sorted(p.stem for p in (repo / "_build" / "exercises").glob("*.ipynb"))
+    made = sorted(p.stem for p in (env.repo / "_build" / "exercises").glob("*.ipynb"))
     assert made == sorted(p.stem for p in notebook_chapters())
-    config = (home / ".jupyter" / "jupyter_server_config.py").read_text()
+    config = (env.home / ".jupyter" / "jupyter_server_config.py").read_text()
     assert "jupytext.TextFileContentsManager" in config
-    settings = home / ".jupyter" / "lab" / "user-settings" / "@jupyterlab" / "docmanager-extension"
+    settings = env.home / ".jupyter" / "lab" / "user-settings" / "@jupyterlab" / \
+        "docmanager-extension"
     viewers = json.loads((settings / "plugin.jupyterlab-settings").read_text())["defaultViewers"]
     assert viewers["markdown"] == "Jupytext Notebook"
 
 
 @pytest.mark.slow
-def test_binder_requirements_execute_a_chapter(binder_python, tmp_path):
+def test_binder_requirements_execute_a_chapter(binder, tmp_path):
+    env, _ = binder
     chapter = tmp_path / "gradient_checking.md"
     shutil.copy(ROOT / "book" / "gradient_checking.md", chapter)
     # What opening the chapter on Binder and running all cells does: jupytext reads the
@@ -154,7 +204,7 @@ def test_binder_requirements_execute_a_chapter(binder_python, tmp_path):
         "nbclient.NotebookClient(nb, kernel_name='python3', timeout=600).execute()\n"
         "nbformat.write(nb, 'gradient_checking.ipynb')\n"
     )
-    run([binder_python, "-c", script], cwd=tmp_path)
+    run([env.python, "-c", script], cwd=tmp_path)
     import nbformat
 
     nb = nbformat.read(tmp_path / "gradient_checking.ipynb", as_version=4)
@@ -164,31 +214,50 @@ def test_binder_requirements_execute_a_chapter(binder_python, tmp_path):
     assert not errors, errors
 
 
-@pytest.mark.slow
-def test_binder_session_prints_what_the_book_prints(binder_python, tmp_path):
-    """Every chapter but the long training run, executed by a kernel of the Binder
-    environment (its pinned libraries and the package as postBuild installs it, not the
-    repository's src), is compared with the reference outputs by the same nbval harness,
-    with the same sanitizers, as the chapters' own test run."""
-    from chapters import notebook_chapters
+def test_harness_fails_a_chapter_whose_kernel_runs_other_code(tmp_path):
+    """A kernel other than this environment's must import cnnbook from its own environment.
+    This environment's python3 kernelspec, named with --chapter-kernel, gets the repository's
+    src on PYTHONPATH from the harness: the chapter's outputs match, the run fails."""
+    chapter = fixture_chapter(tmp_path / "book")
+    proc = run_harness(chapter, "--chapter-kernel", "python3")
+    assert proc.returncode != 0, proc.stdout
+    assert "1 passed, 1 error" in proc.stdout, proc.stdout
+    assert f"imported cnnbook from {ROOT / 'src' / 'cnnbook'}, not from the kernel's " \
+           f"environment {sys.prefix}" in proc.stdout, proc.stdout
 
-    share = tmp_path / "share" / "jupyter"
-    run([binder_python, "-m", "ipykernel", "install", "--prefix", tmp_path,
-         "--name", "cnnbook-binder", "--display-name", "cnnbook on Binder"])
-    spec = share / "kernels" / "cnnbook-binder" / "kernel.json"
-    kernel = json.loads(spec.read_text())
-    kernel["env"] = {"PYTHONPATH": ""}  # import the installed cnnbook, as on Binder
-    spec.write_text(json.dumps(kernel))
-    names = [p for p in notebook_chapters() if p.stem not in NOT_ON_BINDER_RUN]
-    assert len(names) >= 14
-    proc = subprocess.run(
-        [sys.executable, "-m", "pytest", *map(str, names), "-q", "-p", "no:cacheprovider",
-         "--chapter-kernel", "cnnbook-binder"],
-        cwd=ROOT, env=clean_env(JUPYTER_PATH=str(share)), capture_output=True, text=True)
-    assert proc.returncode == 0, (
-        "a chapter run by the Binder environment's kernel prints something else than the book:\n"
-        + proc.stdout[-6000:] + proc.stderr[-2000:])
-    assert re.search(r"\b\d+ passed", proc.stdout) and " failed" not in proc.stdout
+
+def test_binder_env_and_chapter_kernel_exclude_each_other(tmp_path):
+    chapter = tmp_path / "fixture.md"
+    chapter.write_text(FIXTURE_CHAPTER)
+    proc = run_harness(chapter, "--binder-env", tmp_path / "env", "--chapter-kernel", "python3")
+    assert proc.returncode == 4 and "cannot be combined with --chapter-kernel" in proc.stderr
+
+
+def test_binder_env_refuses_to_clear_a_folder_it_did_not_make(tmp_path):
+    from chapters import ChapterError, make_binder_env
+
+    keep = tmp_path / "notes"
+    keep.mkdir()
+    (keep / "todo.txt").write_text("mine")
+    with pytest.raises(ChapterError, match="refusing to clear .*notes"):
+        make_binder_env(keep, wheelhouse=tmp_path)
+    with pytest.raises(ChapterError, match="holds the repository"):
+        make_binder_env(ROOT, wheelhouse=tmp_path)
+    with pytest.raises(ChapterError, match="nowhere.*is missing: run `bash tools/setup.sh`"):
+        make_binder_env(tmp_path / "env", wheelhouse=tmp_path / "nowhere")
+    assert (keep / "todo.txt").read_text() == "mine"
+
+
+def test_ci_runs_every_chapter_in_the_binder_environment():
+    """The nbval stage of tools/test.sh executes the book (every chapter, the long training
+    run included) with --binder-env: the one execution of each chapter in CI checks its
+    outputs in the environment a reader's Binder session has."""
+    stages = [line for line in (ROOT / "tools" / "test.sh").read_text().splitlines()
+              if line.startswith("stage nbval ")]
+    assert len(stages) == 1, "tools/test.sh must have one `stage nbval ...` line"
+    words = stages[0].split()
+    assert words[words.index("pytest") + 1] == "book", stages[0]  # the whole book, by _toc.yml
+    assert "--binder-env" in words, stages[0]
 
 
 def test_pins_cover_the_notebook_stack():

@@ -4,7 +4,9 @@ The test writes a second copy of the CIFAR-10 the chapters use (the images of ea
 reverse order, and every seventh image one grey level brighter), and runs the data-dependent
 chapters that fit in CI's time against it (``CHAPTERS``). Their data-dependent cells are then compared with
 numbers sanitized, every other cell strictly, and every assertion in them must still hold.
-What the run printed is kept in ``_build/test-results/other-copy.txt``.
+What the run printed (with its slowest cells) is kept in ``_build/test-results/other-copy.txt``.
+The run takes minutes: the test is marked ``chapters``, and ``tools/test.sh`` runs it in a stage
+of its own (``pytest tests -m chapters``) after the nbval stage, not in the unit stage.
 """
 import os
 import pickle
@@ -60,12 +62,14 @@ def copies(tmp_path_factory):
     return source, target
 
 
+@pytest.mark.chapters  # minutes: tools/test.sh runs it in its own stage, after the nbval stage
 def test_data_dependent_chapters_pass_on_another_copy(copies):
     source, target = copies
     env = dict(os.environ, CNNBOOK_CIFAR10_DIR=str(target))
     env.pop("PYTHONPATH", None)
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *CHAPTERS],
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--durations=10",
+         *CHAPTERS],
         cwd=ROOT, env=env, capture_output=True, text=True,
     )
     log = ROOT / "_build" / "test-results" / "other-copy.txt"
@@ -76,3 +80,12 @@ def test_data_dependent_chapters_pass_on_another_copy(copies):
              if line.startswith("  book/")}
     for chapter in CHAPTERS:
         assert "compared with numbers sanitized" in modes.get(chapter, ""), proc.stdout[-3000:]
+
+
+def test_ci_runs_the_chapter_tests_in_their_own_stage():
+    """tools/test.sh leaves the tests that execute chapters out of its unit stage and runs them
+    in a stage of their own: every test of tests/ runs in CI, the unit stage stays fast."""
+    stages = {line.split()[1]: line for line in (ROOT / "tools" / "test.sh").read_text()
+              .splitlines() if line.startswith("stage ")}
+    assert "not chapters" in stages.get("unit-tests", ""), stages
+    assert "-m chapters" in stages.get("other-copy", ""), stages

@@ -1,7 +1,14 @@
 """tools/tangle.py: convention, determinism, --check, and its error messages."""
+import ast
+import importlib
+import importlib.util
+import inspect
+import pydoc
+import re
 import subprocess
 import sys
 import textwrap
+import traceback
 from pathlib import Path
 
 import pytest
@@ -238,14 +245,18 @@ def test_methods_move_into_their_class(classes_book):
     # each method is indented into the class, after a blank line and its chapter line
     root = classes_book
     comment = _line(root, "a", "# the loss, in one screen")
+    # (the dropped @add_to_class line between the comment and the def takes a second comment,
+    # naming the def's own line, so that line numbers below it still lead to the chapter)
     assert (f"\n\n    # ---- book/a.md:{comment} ----\n    # the loss, in one screen\n"
-            "    def loss(self, x):\n") in mod
+            f"    # ---- book/a.md:{comment + 2} ----\n    def loss(self, x):\n") in mod
     static = _line(root, "a", "@staticmethod")
     assert f"\n\n    # ---- book/a.md:{static} ----\n    @staticmethod\n    def create():\n" in mod
     # the cell holding only methods leaves no block behind, the mixed one keeps its code
     assert f"# ---- book/a.md:{static - 1} ----" not in mod
     mixed = _line(root, "a", "import math")
-    assert f"# ---- book/a.md:{mixed} ----\nimport math\n\n\ndef helper():" in mod
+    helper = _line(root, "a", "def helper():")  # after the moved method: a comment of its own
+    assert (f"# ---- book/a.md:{mixed} ----\nimport math\n\n\n"
+            f"# ---- book/a.md:{helper} ----\ndef helper():") in mod
 
 
 def test_methods_output_is_byte_identical_between_runs(classes_book):
@@ -372,3 +383,215 @@ def test_docstrings_say_where_the_book_explains_them():
                     and "Explained in the chapter" not in (obj.__doc__ or "")):
                 missing.append(f"{module.__name__}.{name}")
     assert not missing, missing
+
+
+# ---- "Explained in ..." in the docstrings, and line numbers that lead to the chapter ----
+
+_DEFINITIONS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+_LOCATION = re.compile(r"\s*# ---- (book/[\w/.-]+\.md):(\d+) ----$")
+
+
+def _old_rewrite(doc, where):
+    """The docstring that the import-time loop the tangler used to append to every module
+    (``_EXPLAINED_IN``) made: the sentence after the first paragraph. The tangler now writes
+    the docstrings; they must read the same (``inspect.getdoc``, which help() shows)."""
+    head, _, rest = (doc or "").partition("\n\n")
+    return inspect.cleandoc(f"{head.rstrip()}\n\n    Explained in {where}.\n\n{rest}")
+
+
+def _chapter_line(text, lineno):
+    """(chapter, line) that line ``lineno`` of a generated module comes from: the last
+    ``# ---- chapter:line ----`` comment above it, plus the lines in between."""
+    lines = text.split("\n")
+    for k in range(lineno - 1, 0, -1):
+        match = _LOCATION.match(lines[k - 1])
+        if match:
+            return match[1], int(match[2]) + lineno - k - 1
+    raise AssertionError(f"no location comment above line {lineno}")
+
+
+def _chapter_docstrings(module):
+    """name -> docstring (as written in the chapter) of the top-level definitions of a module."""
+    return {node.name: ast.get_docstring(node, clean=False)
+            for block in module.blocks for node in ast.parse(block.source).body
+            if isinstance(node, _DEFINITIONS)}
+
+
+def test_the_package_has_the_explained_lines_in_its_source_and_runs_nothing_for_them():
+    """Every public function and class a chapter explains has the sentence in its docstring as
+    written in src/cnnbook (what help() and the API pages show, read the same as the old
+    import-time rewrite made them); no module rewrites docstrings when it is imported."""
+    modules = tangle.collect()
+    count = 0
+    for module in modules.values():
+        text = (ROOT / tangle.module_path(module.name)).read_text()
+        assert "_EXPLAINED_IN" not in text and "__doc__ =" not in text, module.name
+        package = importlib.import_module(module.name)
+        assert not hasattr(package, "_EXPLAINED_IN"), module.name
+        docs = _chapter_docstrings(module)
+        for name, where in module.explained.items():
+            obj = getattr(package, name)
+            assert inspect.getdoc(obj) == _old_rewrite(docs[name], where), f"{module.name}.{name}"
+            assert f"Explained in {where}." in inspect.getsource(obj), f"{module.name}.{name}"
+            count += 1
+    assert count > 100, count  # 140 when this test was written
+
+
+def _help_lines(obj):
+    text = pydoc.render_doc(obj, renderer=pydoc.plaintext)
+    return [line.lstrip(" |").rstrip() for line in text.splitlines()]
+
+
+@pytest.mark.parametrize("module, name", [("layers", "conv_forward_naive"),
+                                          ("classifiers", "TwoLayerNet"),
+                                          ("architectures", "conv"),  # docstring of two lines
+                                          ("architectures", "relu")])  # no docstring of its own
+def test_help_shows_the_line_after_the_first_paragraph(module, name):
+    obj = getattr(importlib.import_module(f"cnnbook.{module}"), name)
+    doc = inspect.getdoc(obj)
+    sentence = next(line for line in doc.splitlines() if line.startswith("Explained in the "))
+    before = doc.split("\n\n")[0].splitlines() if not doc.startswith("Explained") else []
+    help_lines = _help_lines(obj)
+    wanted = before + [""] * bool(before) + [sentence]
+    assert any(help_lines[i: i + len(wanted)] == wanted for i in range(len(help_lines))), (
+        wanted, help_lines[:12])
+
+
+def test_every_line_of_the_package_leads_to_its_chapter_line():
+    """Outside docstrings, the location comments above a line of src/cnnbook name the chapter
+    line it comes from (a traceback's line leads to the chapter), though docstrings got lines."""
+    checked, wrong = 0, []
+    for path in sorted((ROOT / "src" / "cnnbook").glob("*.py")):
+        text = path.read_text()
+        tree = ast.parse(text)
+        docstrings = {k for n in ast.walk(tree) if isinstance(n, _DEFINITIONS + (ast.Module,))
+                      and n.body and isinstance(n.body[0], ast.Expr)
+                      and isinstance(n.body[0].value, ast.Constant)
+                      for k in range(n.body[0].lineno, n.body[0].end_lineno + 1)}
+        chapters, lines = {}, text.split("\n")
+        body = next(k for k, line in enumerate(lines, 1) if _LOCATION.match(line))  # no banner
+        for lineno, line in enumerate(lines[body:], body + 1):
+            if not line.strip() or lineno in docstrings or _LOCATION.match(line):
+                continue
+            chapter, number = _chapter_line(text, lineno)
+            source = chapters.setdefault(chapter, (ROOT / chapter).read_text().split("\n"))
+            checked += 1
+            if source[number - 1].strip() != line.strip():
+                wrong.append(f"{path.name}:{lineno} -> {chapter}:{number}")
+    assert checked > 1000 and not wrong, wrong[:10]
+
+
+EXPLAINED_BOOK = '''
+def one_line(x):
+    """One line."""
+    raise ValueError("one_line")
+
+
+def no_doc(x):
+    raise ValueError("no_doc")
+
+
+def raw_doc(x):
+    r"""Summary, raw: \\d+ and "quotes".
+
+    Details, with 'single' quotes.
+    """
+    y = x
+    raise ValueError("raw_doc")
+
+
+def closing_after_text(x):
+    \'\'\'Summary
+    on two lines.\'\'\'
+    raise ValueError("closing_after_text")
+
+
+def single_quoted(x):
+    'Single "quoted".'  # a comment after it
+    raise ValueError("single_quoted")
+
+
+async def later(x):
+    """Async."""
+    return x
+
+
+class Box:
+    """A box.
+
+    With details.
+    """
+
+    def __init__(self, x):
+        self.x = x
+'''
+EXPLAINED_METHODS = '''
+# fail, with a comment above it
+@add_to_class(Box)
+def fail(self):
+    """Fail."""
+    raise ValueError("fail")
+
+
+def after_method(x):
+    raise ValueError("after_method")
+'''
+
+
+@pytest.fixture
+def explained_book(tmp_path):
+    # a section title that needs escaping in a docstring: a backslash and quotes
+    return make_book(tmp_path / "book", {
+        "pre": UTILS,
+        "a": IMPORT + '## The "$\\sigma$" section\n\n' + cell(EXPLAINED_BOOK, ["export:cnnbook.m"])
+        + cell(EXPLAINED_METHODS, ["export:cnnbook.m"]),
+    })
+
+
+def test_docstrings_of_every_form_get_the_line_and_tracebacks_lead_to_the_chapter(
+        explained_book, tmp_path):
+    files = tangle.tangle(explained_book)
+    text = files["src/cnnbook/m.py"]
+    path = tmp_path / "m.py"
+    path.write_text(text)
+    spec = importlib.util.spec_from_file_location("tangled_m", path)
+    m = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(m)
+    module = tangle.collect(explained_book)["cnnbook.m"]
+    where = 'the chapter "a" (book/a.md), section "The "$\\sigma$" section"'
+    assert set(module.explained) == {"one_line", "no_doc", "raw_doc", "closing_after_text",
+                                     "single_quoted", "later", "Box", "after_method"}
+    docs = _chapter_docstrings(module)
+    for name in module.explained:
+        assert module.explained[name] == where
+        assert inspect.getdoc(getattr(m, name)) == _old_rewrite(docs.get(name), where), name
+    assert m.Box.fail.__doc__ == "Fail."  # methods keep their docstrings (as before)
+    assert "# a comment after it" in text
+    calls = {name: (lambda f=getattr(m, name): f(1)) for name in
+             ("one_line", "no_doc", "raw_doc", "closing_after_text", "single_quoted",
+              "after_method")}
+    calls["fail"] = m.Box(1).fail
+    for name, call in calls.items():
+        with pytest.raises(ValueError) as exc:
+            call()
+        frame = traceback.extract_tb(exc.value.__traceback__)[-1]
+        assert frame.filename == str(path)
+        raise_line = f'    raise ValueError("{name}")'
+        assert _chapter_line(text, frame.lineno) == (
+            "book/a.md", _line(explained_book, "a", raise_line)), name
+
+
+@pytest.mark.parametrize("source, problem", [
+    ("def f(x): return x", "its body starts on the line of its `def`"),
+    ('def f(x):\n    """Doc."""; return x', "code follows its docstring on the same line"),
+    ('def f(x):\n    """Doc.""" "More."\n    return x', "is several string literals"),
+    ('def f(x):\n    "Doc. \\\n    More."\n    return x', "goes on over several lines"),
+    ('def f(x):\n    "Doc.\\n\\nMore."\n    return x', "does not come out as expected"),
+])
+def test_docstrings_the_tangler_cannot_edit_are_errors(tmp_path, source, problem):
+    root = make_book(tmp_path, {"a": cell(source, ["export:cnnbook.m"])})
+    msg = _error(root)
+    first = source.split("\n")[0]
+    line = _line(root, "a", first) + (first != source)  # the def line, or the docstring's
+    assert f"book/a.md:{line}: the tangler cannot write where the book explains 'f'" in msg
+    assert problem in msg, msg

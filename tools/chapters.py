@@ -303,3 +303,116 @@ def chapter_timeout(nb, default: int = 1200) -> int:
     value (the key myst-nb uses), else ``default``."""
     value = nb.metadata.get("mystnb", {}).get("execution_timeout")
     return int(value) if value else default
+
+
+# ---- the Binder environment ---------------------------------------------------------------
+
+#: The Jupyter kernel that ``make_binder_env`` registers: the python3 kernel of the Binder
+#: environment, which imports the installed ``cnnbook`` (not the repository's ``src``).
+BINDER_KERNEL = "cnnbook-binder"
+
+#: Written first into a directory ``make_binder_env`` builds: only such a directory is cleared.
+_BINDER_MARK = ".cnnbook-binder-env"
+
+
+class BinderEnv:
+    """Where ``make_binder_env`` put things: ``python`` (the environment's interpreter),
+    ``repo`` (the copy of the repository that ``binder/postBuild`` ran in), ``home`` (the HOME
+    postBuild wrote its Jupyter settings to) and ``jupyter_path`` (a JUPYTER_PATH entry that
+    holds the kernel ``BINDER_KERNEL``)."""
+
+    def __init__(self, base: Path):
+        self.base = Path(base)
+        self.python = self.base / "venv" / "bin" / "python"
+        self.prefix = self.base / "venv"
+        self.repo = self.base / "repo"
+        self.home = self.base / "home"
+        self.jupyter_path = self.base / "share" / "jupyter"
+
+
+def isolated_environ(**extra) -> dict:
+    """This process's environment without what would let another environment's Python see
+    this repository or this virtual environment (PYTHONPATH, VIRTUAL_ENV, PYTHONHOME)."""
+    import os
+
+    env = {k: v for k, v in os.environ.items()
+           if k not in {"PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME"}}
+    env.update(extra)
+    return env
+
+
+def _run(cmd, what: str, **kwargs):
+    import subprocess
+
+    kwargs.setdefault("env", isolated_environ())
+    proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, **kwargs)
+    if proc.returncode != 0:
+        raise ChapterError(
+            f"building the Binder environment: {what} failed ({proc.returncode}): "
+            f"{' '.join(map(str, cmd))}\n--- stdout\n{proc.stdout[-4000:]}\n"
+            f"--- stderr\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def make_binder_env(base: Path, root: Path = ROOT, wheelhouse: Path | None = None) -> BinderEnv:
+    """Build, offline, what Binder builds for a reader, in the directory ``base`` (cleared
+    first if an earlier call made it): a fresh virtual environment with only the pins of
+    ``binder/requirements.txt`` (plus nbclient, which Binder's Jupyter base image provides),
+    then ``binder/postBuild`` run in a copy of the repository with that environment first on
+    PATH and a HOME of its own, then a Jupyter kernel ``BINDER_KERNEL`` of that environment
+    whose ``PYTHONPATH`` is empty (so it imports the package as postBuild installed it).
+
+    Everything is installed from ``wheelhouse`` (default ``root/.wheelhouse``, which
+    ``tools/setup.sh`` fills). Used by ``--binder-env`` of the nbval harness (CI runs every
+    chapter in this environment) and by ``tests/test_binder.py``.
+    """
+    import os
+    import shutil
+    import venv
+
+    base, root = Path(base).resolve(), Path(root).resolve()
+    wheelhouse = Path(wheelhouse) if wheelhouse else root / ".wheelhouse"
+    if not wheelhouse.is_dir():
+        raise ChapterError(f"{wheelhouse} is missing: run `bash tools/setup.sh` to fetch the "
+                           "wheels the Binder environment is built from (offline)")
+    if base == root or base in root.parents:
+        raise ChapterError(f"refusing to build the Binder environment in {base}: it holds "
+                           f"the repository {root}")
+    if base.exists():
+        if any(base.iterdir()) and not (base / _BINDER_MARK).exists():
+            raise ChapterError(f"refusing to clear {base} for the Binder environment: it is not "
+                               "empty and was not made by make_binder_env; name another directory")
+        shutil.rmtree(base)
+    base.mkdir(parents=True)
+    (base / _BINDER_MARK).write_text("made by tools/chapters.py make_binder_env; cleared by it\n")
+    env = BinderEnv(base)
+
+    venv.EnvBuilder(with_pip=True, clear=True).create(env.prefix)
+    pip = [env.python, "-m", "pip", "install", "-q", "--disable-pip-version-check",
+           "--no-index", "--find-links", wheelhouse]
+    _run([*pip, "-r", root / "binder" / "requirements.txt", "nbclient"],
+         "installing binder/requirements.txt")
+
+    patterns = shutil.ignore_patterns(".git", ".venv", ".wheelhouse", "_build", ".hypothesis",
+                                      "__pycache__", "*.egg-info")
+
+    def ignore(folder, names):  # what a clone would not have, and base itself if inside root
+        return set(patterns(folder, names)) | {n for n in names if Path(folder, n) == base}
+
+    shutil.copytree(root, env.repo, ignore=ignore)
+    env.home.mkdir()
+    post_env = isolated_environ(
+        PATH=f"{env.python.parent}{os.pathsep}{os.environ.get('PATH', '')}", HOME=str(env.home),
+        PIP_NO_INDEX="1", PIP_FIND_LINKS=str(wheelhouse), PIP_DISABLE_PIP_VERSION_CHECK="1")
+    _run(["bash", env.repo / "binder" / "postBuild"], "binder/postBuild", cwd=env.repo,
+         env=post_env)
+
+    _run([env.python, "-m", "ipykernel", "install", "--prefix", base, "--name", BINDER_KERNEL,
+          "--display-name", "cnnbook on Binder"], "registering the kernel")
+    spec = env.jupyter_path / "kernels" / BINDER_KERNEL / "kernel.json"
+    kernel = json.loads(spec.read_text())
+    # The harness starts kernels with the repository's src first on PYTHONPATH; Binder has
+    # no such path, so this kernel clears it and imports the installed package.
+    kernel["env"] = {"PYTHONPATH": ""}
+    spec.write_text(json.dumps(kernel, indent=1))
+    return env

@@ -21,11 +21,13 @@ exercises: they stay whole, and the package keeps its own definitions of them.
 ``use_my_code``; every exported cell ends with a call to it, which puts the cell's definitions
 into the package module they belong to. Later cells that import them from ``cnnbook`` (``from
 cnnbook.layers import affine_forward``), or that call a package function which uses them, get the
-student's versions, not the installed package's.
+student's versions, not the installed package's. The last cell (tag ``grade``) of a student
+edition with exercises runs ``python -m cnnbook.grade`` on the notebook itself (the chapter
+"Grading the exercises", ``book/grading.md``): a table of the exercises, passed or not.
 
 ``--solutions`` writes the chapters back from their student editions, with the solutions taken
-from the chapters (``restore``): the round trip gives the chapter's code cells back exactly, which
-the tests check.
+from the chapters (``restore``, which drops the cells the student edition added, SETUP and the
+grader): the round trip gives the chapter's code cells back exactly, which the tests check.
 """
 from __future__ import annotations
 
@@ -42,13 +44,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from chapters import ROOT, code_cells, notebook_chapters, read_chapter, rel  # noqa: E402
 from tangle import ADD_TO_CLASS, code_cell_sections, exported_module  # noqa: E402
 
-GIVEN_MODULES = {"cnnbook", "cnnbook.plotting", "cnnbook.utils", "cnnbook.data"}
+GIVEN_MODULES = {"cnnbook", "cnnbook.plotting", "cnnbook.utils", "cnnbook.data", "cnnbook.grade"}
 OUT = ROOT / "_build" / "exercises"
 STUB_TAG = "exercise"  # cell tag of exported cells that hold at least one stub
 SETUP = '''\
 # Student edition: write the functions whose body raises NotImplementedError, then run the
 # cells after them, which check your code. use_my_code (called at the end of each cell you edit)
 # puts your definitions into the cnnbook package, so the rest of the chapter runs your code.
+# The last cell grades your exercises (python -m cnnbook.grade): passed, FAILED, not yet written.
 import importlib
 
 
@@ -60,6 +63,22 @@ def use_my_code(module, names, namespace=None):
         setattr(target, name, namespace[name])
 '''
 USE_LINE = "use_my_code({module!r}, {names!r})"
+GRADE_TAG = "grade"  # cell tag of the last cell of a student edition, which runs the grader
+GRADE = '''\
+# Grade your exercises: save the notebook, then run this cell. It runs the notebook from the top
+# in a fresh kernel (python -m cnnbook.grade) and lists each exercise as passed, FAILED (the first
+# check that failed), not yet written, blocked by another exercise, or not checked.
+import subprocess
+import sys
+from pathlib import Path
+
+name = {name!r}  # this notebook's name; change it if you renamed the notebook
+mine = max((p for p in (Path(name + ".ipynb"), Path(name + ".md")) if p.exists()),
+           key=lambda p: p.stat().st_mtime, default=Path(name + ".ipynb"))  # the last saved
+result = subprocess.run([sys.executable, "-m", "cnnbook.grade", str(mine), "--chapter", name],
+                        capture_output=True, text=True)
+print(result.stdout + result.stderr)
+'''
 
 
 def _is_public(name: str) -> bool:
@@ -147,18 +166,27 @@ def student_edition(path: Path):
     first = next((i for i, c in enumerate(nb.cells) if c.cell_type == "code"), None)
     if first is not None:
         nb.cells.insert(first, nbformat.v4.new_code_cell(SETUP, metadata={"tags": ["hide-input"]}))
+    if exercises:
+        nb.cells.append(nbformat.v4.new_code_cell(GRADE.format(name=path.stem),
+                                                  metadata={"tags": [GRADE_TAG]}))
     return nb, exercises
+
+
+def _added(cell) -> bool:
+    """A code cell the student edition adds to the chapter (SETUP at the top, the grader)."""
+    return cell.cell_type == "code" and (cell.source == SETUP or GRADE_TAG in cell.metadata.get(
+        "tags", []))
 
 
 def restore(student, chapter_nb):
     """The chapter's notebook back from a student edition (the solutions from chapter_nb)."""
-    ours = [c for c in student.cells if c.cell_type == "code" and c.source != SETUP]
+    ours = [c for c in student.cells if c.cell_type == "code" and not _added(c)]
     theirs = code_cells(chapter_nb)
     if len(ours) != len(theirs):
         raise ValueError(f"the student edition has {len(ours)} code cells, the chapter "
                          f"{len(theirs)}")
     out = copy.deepcopy(student)
-    out.cells = [c for c in out.cells if not (c.cell_type == "code" and c.source == SETUP)]
+    out.cells = [c for c in out.cells if not _added(c)]
     for cell, original in zip((c for c in out.cells if c.cell_type == "code"), theirs):
         cell.source = original.source
         cell.metadata["tags"] = [t for t in cell.metadata.get("tags", []) if t != STUB_TAG]

@@ -21,12 +21,24 @@ training run, timings) are always compared that way: their text strictly, their 
 
 The kernel is the ``python3`` kernel of the environment running pytest (or the kernel named by
 ``--chapter-kernel``), started in the chapter's folder with the repository's ``src`` first on
-``PYTHONPATH``.
+``PYTHONPATH``. With ``--binder-env DIR`` the harness first builds what Binder builds for a reader
+in DIR (``chapters.make_binder_env``: a fresh environment from ``binder/requirements.txt``, the
+package installed by ``binder/postBuild``) and runs every chapter in that environment's kernel,
+which imports the installed package; ``tools/test.sh`` runs the book this way, so one execution
+of each chapter checks both its outputs and the Binder environment.
+
+After a chapter's last cell the harness asks its kernel where ``cnnbook`` came from: the
+repository's ``src`` for this environment's kernel, the kernel's own environment for any other
+(for ``--binder-env``, the one built in DIR). Anything else fails the chapter, and the terminal
+summary names the interpreter and package every chapter ran with.
 """
 from __future__ import annotations
 
+import ast
+import json
 import os
 import re
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from unittest import mock
@@ -35,14 +47,17 @@ import pytest
 from nbval.plugin import IPyNbCell, IPyNbFile
 
 from chapters import (
+    BINDER_KERNEL,
     DATA_TAG,
     MACHINE_TAG,
+    ROOT,
     ChapterError,
     chapter_timeout,
     chapters,
     data_cells,
     is_notebook,
     kernel_environment,
+    make_binder_env,
     rel,
     with_reference_outputs,
 )
@@ -65,6 +80,19 @@ DATA_SANITIZERS = [
 
 # chapter -> (mode, data-dependent cells, stored fingerprint, fingerprint at hand), for the summary
 DATA_MODES: dict = {}
+
+# (kernel, interpreter, folder cnnbook was imported from) -> chapters run so, for the summary
+KERNELS: dict = {}
+
+# --binder-env DIR -> the BinderEnv built there, or the ChapterError building it raised (so a
+# failed build is reported for every chapter but tried only once); and DIR -> build time in s
+BINDER_ENVS: dict = {}
+BINDER_TIMES: dict = {}
+
+# Evaluated in a chapter's kernel after its last cell (a user expression: it prints nothing and
+# binds no name): the interpreter, its environment, and the file ``cnnbook`` is imported from.
+_WHERE = ("__import__('json').dumps([__import__('sys').executable, __import__('sys').prefix, "
+          "__import__('cnnbook').__file__])")
 
 
 def fingerprint_at_hand() -> str:
@@ -159,14 +187,56 @@ class MystChapter(IPyNbFile):
 
     def setup(self):
         # The chapter's python3 kernel is the one of this environment (nbval's "current env"
-        # kernel), or the Jupyter kernel named by --chapter-kernel; either is started with the
-        # book's kernel environment.
-        other = self.config.getoption("chapter_kernel")
-        self.config.option.nbval_current_env = not other
-        self.config.option.nbval_kernel_name = other or None
-        with _environ(kernel_environment()):
+        # kernel), the Jupyter kernel named by --chapter-kernel, or the kernel of the Binder
+        # environment of --binder-env; each is started with the book's kernel environment.
+        kernel, extra = chapter_kernel(self.config)
+        self.config.option.nbval_current_env = kernel is None
+        self.config.option.nbval_kernel_name = kernel
+        with _environ({**kernel_environment(), **extra}):
             super().setup()
         assert self.kernel is not None
+
+    def teardown(self):
+        problem = None
+        if self.kernel is not None and self.kernel.is_alive():
+            problem = self.check_package()
+        super().teardown()
+        if problem:
+            pytest.fail(f"{rel(Path(self.fspath))}: {problem}", pytrace=False)
+
+    def check_package(self) -> str | None:
+        """Ask the chapter's kernel where ``cnnbook`` came from; record the answer for the
+        summary and return what is wrong with it (None if nothing is)."""
+        kc = self.kernel.kc
+        msg_id = kc.execute("", silent=True, store_history=False, user_expressions={"w": _WHERE})
+        try:
+            while True:
+                reply = kc.get_shell_msg(timeout=60)
+                if reply["parent_header"].get("msg_id") == msg_id:
+                    break
+        except Exception as exc:  # queue.Empty: the kernel did not answer
+            return f"the chapter's kernel did not say where cnnbook came from ({exc!r})"
+        answer = reply["content"].get("user_expressions", {}).get("w", {})
+        if answer.get("status") != "ok":
+            return (f"the chapter's kernel cannot import cnnbook after the last cell: "
+                    f"{answer.get('ename')}: {answer.get('evalue')}")
+        executable, prefix, module = json.loads(ast.literal_eval(answer["data"]["text/plain"]))
+        kernel, _ = chapter_kernel(self.config)
+        folder = Path(module).resolve().parent
+        KERNELS.setdefault((kernel or "python3 of this environment", executable, str(folder)),
+                           []).append(rel(Path(self.fspath)))
+        if kernel is None:
+            expected, what = ROOT / "src", "the repository's src"
+        else:
+            expected, what = Path(prefix).resolve(), f"the kernel's environment {prefix}"
+            binder = self.config.getoption("binder_env")
+            if binder and expected != BINDER_ENVS[binder].prefix.resolve():
+                return (f"the chapter ran in {prefix}, not in the Binder environment built in "
+                        f"{binder}")
+        if expected != folder and expected not in folder.parents:
+            return (f"the chapter's kernel imported cnnbook from {folder}, not from {what}: "
+                    "it did not run the package it was meant to test")
+        return None
 
     def get_sanitize_files(self):
         files = [str(SANITIZE)]
@@ -183,19 +253,73 @@ class MystChapter(IPyNbFile):
                 self.sanitize_patterns.update(get_sanitize_patterns(f.read()))
 
 
+def chapter_kernel(config) -> tuple:
+    """(name of the Jupyter kernel to run the chapters in, or None for this environment's
+    python3; variables to add to the environment the kernel is started from). With
+    --binder-env the Binder environment is built on the first call."""
+    binder = config.getoption("binder_env")
+    if not binder:
+        return config.getoption("chapter_kernel"), {}
+    if binder not in BINDER_ENVS:
+        start = time.monotonic()
+        try:
+            BINDER_ENVS[binder] = make_binder_env(Path(binder))
+        except ChapterError as exc:
+            BINDER_ENVS[binder] = exc
+        BINDER_TIMES[binder] = time.monotonic() - start
+    env = BINDER_ENVS[binder]
+    if isinstance(env, ChapterError):
+        raise ChapterError(str(env))  # the same message for every chapter, built once
+    path = os.pathsep.join(filter(None, [str(env.jupyter_path), os.environ.get("JUPYTER_PATH")]))
+    return BINDER_KERNEL, {"JUPYTER_PATH": path}
+
+
 def pytest_addoption(parser):
     parser.addoption(
         "--chapter-kernel", default=None, metavar="NAME",
         help="run the chapters in the Jupyter kernel NAME (a kernelspec on JUPYTER_PATH) instead "
-             "of this environment's python3; tests/test_binder.py runs them in the Binder "
-             "environment this way")
+             "of this environment's python3; that kernel must import cnnbook from its own "
+             "environment")
+    parser.addoption(
+        "--binder-env", default=None, metavar="DIR",
+        help="build what Binder builds in DIR (cleared first; a fresh environment from "
+             "binder/requirements.txt and .wheelhouse, the package installed by binder/postBuild) "
+             "and run the chapters in its kernel; tools/test.sh runs the book this way")
+
+
+def pytest_configure(config):
+    binder = config.getoption("binder_env", None)
+    if binder and config.getoption("chapter_kernel"):
+        raise pytest.UsageError("--binder-env runs the chapters in the Binder environment's "
+                                "kernel: it cannot be combined with --chapter-kernel")
+    if binder is not None:
+        if not binder.strip():
+            raise pytest.UsageError(f"--binder-env needs a directory, got {binder!r}")
+        config.option.binder_env = str(Path(binder).resolve())
 
 
 def pytest_terminal_summary(terminalreporter):
-    """Say how the data-dependent cells of each chapter were compared."""
+    """Say which interpreter and package ran the chapters, and how the data-dependent cells of
+    each chapter were compared."""
+    write = terminalreporter.write_line
+    binder = terminalreporter.config.getoption("binder_env", None)
+    if binder in BINDER_ENVS:
+        env = BINDER_ENVS[binder]
+        write("")
+        if isinstance(env, ChapterError):
+            write(f"Binder environment in {binder}: not built ({str(env).splitlines()[0]})")
+        else:
+            write(f"Binder environment built in {binder} in {BINDER_TIMES[binder]:.0f} s "
+                  "(binder/requirements.txt + binder/postBuild)")
+    if KERNELS:
+        write("")
+        write("chapters' kernels:")
+        for (kernel, executable, folder), names in sorted(KERNELS.items()):
+            count = f"{len(names)} chapter" + ("s" if len(names) > 1 else "")
+            write(f"  {kernel}: {executable}, cnnbook from {folder} ({count})")
+        KERNELS.clear()
     if not DATA_MODES:
         return
-    write = terminalreporter.write_line
     write("")
     write("data-dependent cells (tag 'data-dependent'):")
     for chapter, (mode, n, stored, current) in sorted(DATA_MODES.items()):

@@ -25,6 +25,20 @@ Methods are not module-level names.  The lines of multi-line string literals
 (other than docstrings) are moved without re-indenting them, so their values
 do not change.
 
+Where the book explains each definition: the docstring of every public top-level function and
+class of an exported cell gets, after its first paragraph and indented like the docstring, the
+line ``Explained in the chapter "TITLE" (book/X.md), section "SECTION".`` (the heading above the
+cell); a definition without a docstring gets a docstring of that line alone.  The tangler writes
+it into the generated source, so the source, ``help()`` and the API pages (whose Sphinx extension
+turns it into a link) say the same, and nothing runs at import.
+
+Locations: every block starts with a ``# ---- chapter:line ----`` comment naming the chapter line
+of the line below it.  Where a generated line is not the chapter line after the one before it
+(the code after a docstring that got its line, a method moved into its class, the code after a
+moved method), another such comment, indented like that line, names its chapter line.  So the
+last such comment above any code line of the package, plus the lines in between, gives the
+chapter line it comes from: a traceback's line leads to the chapter.
+
 Errors (each names the chapter and line): an export tag naming a module outside
 ``cnnbook``; two export tags on one cell; an exported cell that is not valid
 Python; two exported cells defining the same top-level name in one module; a
@@ -36,15 +50,22 @@ of a top-level function, or imported or used otherwise in an exported cell
 module; a method name defined twice for one class (in the class body or by two
 cells); a method using a private ``__name`` (mangled in a class body, not in the
 notebook); a method whose decorators or default values use a name the module
-binds only after the class (they are evaluated where the class is defined).
+binds only after the class (they are evaluated where the class is defined).  For the
+"Explained in" line, a docstring the tangler cannot edit: a body that starts on the ``def`` or
+``class`` line, code after the docstring on its line, a docstring of several string literals or
+a one-quote one continued over lines, a docstring whose escapes (``\\n``) make its text differ
+from its value.
 """
 from __future__ import annotations
 
 import argparse
 import ast
 import difflib
+import inspect
+import io
 import re
 import sys
+import tokenize
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,7 +96,7 @@ class Method:
     """An ``@add_to_class`` function, as it is inserted into its class."""
 
     chapter: str
-    line: int  # chapter line of the first inserted line
+    numbers: list[int]  # the chapter line of each of its lines
     lines: list[str]  # its source lines, without the add_to_class line
     keep: set[int]  # indices into lines that must not be re-indented (inside a string)
 
@@ -250,7 +271,7 @@ def _add_method(module: Module, block: Block, node, cls: str, start: int, lines:
     keep = _unindented_lines(node)
     info.methods.append(Method(
         block.chapter,
-        block.line + numbers[0] - 1,
+        [block.line + k - 1 for k in numbers],
         [lines[k - 1] for k in numbers],
         {i for i, k in enumerate(numbers) if k in keep},
     ))
@@ -441,43 +462,189 @@ def render(module: Module) -> str:
         "# Edit the chapter named above each block, then run `python tools/tangle.py`.",
         "# Chapters: " + ", ".join(sources),
     ]
+    explained: set[str] = set()
     for block in module.blocks:
-        text = _render_block(module, block)
-        if block.moved and not text.strip():
+        lines = _render_block(module, block)
+        if block.moved and not any(text.strip() for text, _ in lines):
             continue  # the cell held only methods, which are now in their classes
-        out.append("")
-        out.append("")
-        out.append(f"{_SEPARATOR} {block.chapter}:{block.line} {'-' * 4}")
-        out.append(text)
-    if module.explained:
-        out += ["", "", f"{_SEPARATOR} where the book explains each definition (tools/tangle.py) "
-                f"{'-' * 4}", "_EXPLAINED_IN = {"]
-        out += [f"    {name!r}: {where!r}," for name, where in module.explained.items()]
-        out += ["}", "for _name, _where in _EXPLAINED_IN.items():",
-                "    # after the docstring's first paragraph, so that help() shows it at the top",
-                "    _head, _, _rest = (globals()[_name].__doc__ or \"\").partition(\"\\n\\n\")",
-                "    globals()[_name].__doc__ = f\"{_head.rstrip()}\\n\\n    Explained in {_where}.\\n\\n{_rest}\"",
-                "del _name, _where, _head, _rest"]
+        lines = _explain_definitions(module, lines, explained)
+        out += ["", ""] + _with_locations(lines)
+    missing = sorted(set(module.explained) - explained)
+    if missing:  # collect() found them at the top level of a cell: a bug of the tangler
+        raise ChapterError(f"{module.name}: no definition of {', '.join(missing)} to write "
+                           f"'Explained in ...' into")
     return "\n".join(out) + "\n"
 
 
-def _render_block(module: Module, block: Block) -> str:
-    """A cell's source without its methods, and with the methods of its classes inserted
-    after the end of each class statement."""
+# A line of a generated module, with the chapter line it comes from: (chapter, line), or None for
+# a line the tangler adds (the blank line before a method, the "Explained in" line of a docstring).
+Line = tuple[str, "tuple[str, int] | None"]
+
+
+def _render_block(module: Module, block: Block) -> list[Line]:
+    """A cell's lines without its methods, and with the methods of its classes inserted after
+    the end of each class statement; leading and trailing empty lines dropped."""
     out = []
     for i, text in enumerate(block.source.split("\n")):
         if i not in block.moved:
-            out.append(text)
+            out.append((text, (block.chapter, block.line + i)))
         if i in block.class_ends:
             info = module.classes[block.class_ends[i]]
             for method in info.methods:
-                out.append("")
-                out.append(f"{info.indent}{_SEPARATOR} {method.chapter}:{method.line} {'-' * 4}")
-                for j, line in enumerate(method.lines):
+                out.append(("", None))
+                for j, (line, number) in enumerate(zip(method.lines, method.numbers)):
                     if j not in method.keep:  # lines inside a multi-line string stay as they are
                         line = info.indent + line if line.strip() else ""
-                    out.append(line)
-    return "\n".join(out).strip("\n")
+                    out.append((line, (method.chapter, number)))
+    while out and not out[0][0]:
+        out.pop(0)
+    while out and not out[-1][0]:
+        out.pop()
+    return out
+
+
+def _with_locations(lines: list[Line]) -> list[str]:
+    """The block's text, with a ``# ---- chapter:line ----`` comment naming the chapter line of
+    the line below it: above the first line, and above every line that is not the chapter line
+    after the one the previous comment implies (a method moved into its class, the code after a
+    docstring that got its "Explained in" line, the code after a moved method). So the line of
+    a traceback in the package leads to the chapter: the last such comment above it, plus the
+    lines in between. The comments go only where a comment line changes nothing (not inside a
+    multi-line string), so the first code line after a docstring gets the one the docstring
+    needs."""
+    safe = _comment_safe(lines)
+    out, expected = [], None
+    for i, (text, origin) in enumerate(lines):
+        if origin is not None and (
+            i == 0 or (text.strip() and origin != expected and i in safe)
+        ):
+            indent = "" if i == 0 else text[: len(text) - len(text.lstrip())]
+            out.append(f"{indent}{_SEPARATOR} {origin[0]}:{origin[1]} {'-' * 4}")
+            expected = origin
+        out.append(text)
+        expected = expected and (expected[0], expected[1] + 1)
+    return out
+
+
+def _comment_safe(lines: list[Line]) -> set[int]:
+    """Indices of the lines above which a comment line may go: where a statement, a comment or a
+    line inside brackets starts (not inside a multi-line string, not after a backslash)."""
+    source = "\n".join(text for text, _ in lines) + "\n"
+    safe, starts_line = set(), True
+    for token in tokenize.generate_tokens(io.StringIO(source).readline):
+        if starts_line:
+            safe.add(token.start[0] - 1)
+        starts_line = token.type in (tokenize.NEWLINE, tokenize.NL, tokenize.INDENT,
+                                     tokenize.DEDENT)
+    return safe
+
+
+def _explain_definitions(module: Module, lines: list[Line], explained: set[str]) -> list[Line]:
+    """Write "Explained in the chapter ..., section ..." into the docstring of each public
+    function and class that the block defines at its top level (``module.explained``), after
+    the docstring's first paragraph, indented like the docstring; a definition without a
+    docstring gets one holding that line. Adds the names done to ``explained``."""
+    tree = ast.parse("\n".join(text for text, _ in lines))
+    nodes = [n for n in tree.body if isinstance(n, _DEFINITIONS) and n.name in module.explained]
+    expected = {}  # name -> the docstring that the old import-time rewrite made, for a check
+    for node in reversed(nodes):  # bottom up: an edit does not move the lines above it
+        sentence = f"Explained in {module.explained[node.name]}."
+        expected[node.name] = _docstring_edit(node, lines, sentence)
+        explained.add(node.name)
+    if not nodes:
+        return lines
+    tree = ast.parse("\n".join(text for text, _ in lines))
+    for node in tree.body:
+        if isinstance(node, _DEFINITIONS) and node.name in expected:
+            if _cleaned(ast.get_docstring(node, clean=False) or "") != expected[node.name]:
+                _cannot(node, lines, "its docstring does not come out as expected; write it as a "
+                                     'plain """triple-quoted""" string', node.body[0].lineno)
+    return lines
+
+
+_DEFINITIONS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+
+
+def _cleaned(doc: str) -> str:
+    """A docstring as help() shows it (``inspect.cleandoc``), without trailing white space."""
+    return "\n".join(line.rstrip() for line in inspect.cleandoc(doc).split("\n"))
+
+
+def _cannot(node, lines: list[Line], problem: str, lineno: int | None = None):
+    origin = lines[(lineno or node.lineno) - 1][1] or lines[node.lineno - 1][1]
+    raise ChapterError(f"{origin[0]}:{origin[1]}: the tangler cannot write where the book "
+                       f"explains {node.name!r} into its docstring: {problem}")
+
+
+def _docstring_edit(node, lines: list[Line], sentence: str) -> str:
+    """Put ``sentence`` into the docstring of ``node`` (a definition at the top of ``lines``):
+    edit ``lines`` in place. Returns the cleaned docstring the result must have."""
+    first = node.body[0]
+    doc = first.value if (isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant)
+                          and isinstance(first.value.value, str)) else None
+    # the first line of the body (a decorator's, if it is a decorated definition)
+    start = min([first.lineno] + [d.lineno for d in getattr(first, "decorator_list", [])])
+    text = lines[start - 1][0]
+    indent = text[: len(text) - len(text.lstrip())]
+    if len(indent.encode()) != first.col_offset:  # (a byte offset)
+        keyword = "class" if isinstance(node, ast.ClassDef) else "def"
+        _cannot(node, lines, f"its body starts on the line of its `{keyword}`; start it on a "
+                             f"line of its own", start)
+    if doc is None:  # a new docstring, the sentence alone
+        text = _escape(sentence, '"""', False, node, lines)
+        lines.insert(start - 1, (f'{indent}"""{text}"""', None))
+        return _cleaned(sentence)
+    head, _, rest = doc.value.partition("\n\n")  # the old rewrite: after the first paragraph
+    expected = _cleaned(f"{head.rstrip()}\n\n{indent}{sentence}\n\n{rest}")
+    last = lines[doc.end_lineno - 1][0]
+    close = len(last.encode()[: doc.end_col_offset].decode())
+    literal = "\n".join(text for text, _ in lines[doc.lineno - 1: doc.end_lineno])
+    literal = literal[len(indent): len(literal) - len(last) + close]
+    after = last[close:]
+    if after.strip() and not after.strip().startswith("#"):
+        _cannot(node, lines, "code follows its docstring on the same line", doc.end_lineno)
+    tokens = [t for t in tokenize.generate_tokens(io.StringIO(literal).readline)
+              if t.type not in (tokenize.NEWLINE, tokenize.NL, tokenize.ENDMARKER)]
+    if len(tokens) != 1:
+        _cannot(node, lines, "its docstring is several string literals; write it as one",
+                doc.lineno)
+    prefix, quote = re.match(r"([A-Za-z]*)(\"\"\"|'''|\"|')", literal).groups()
+    raw = "r" in prefix.lower()
+    body = literal[len(prefix) + len(quote): len(literal) - len(quote)].split("\n")
+    triple = quote if len(quote) == 3 else quote * 3
+    line = f"{indent}{_escape(sentence, triple, raw, node, lines)}"
+    if len(quote) == 1 and len(body) > 1:
+        _cannot(node, lines, "its one-quote docstring goes on over several lines; write it as "
+                             'a """triple-quoted""" string', doc.lineno)
+    # the first empty line inside the docstring ends its first paragraph
+    blank = next((k for k in range(1, len(body) - 1) if body[k] == ""), None)
+    if blank is not None:
+        at = doc.lineno - 1 + blank
+        lines[at:at] = [("", None), (line, None)]
+    elif len(body) > 1 and not body[-1].strip():  # the closing quotes are on a line of their own
+        at = doc.end_lineno - 1
+        lines[at:at] = [("", None), (line, None)]
+    else:  # closing quotes after text: they go to a line of their own, after the sentence
+        opening = lines[doc.end_lineno - 1][1]
+        if len(body) == 1:  # one line: the literal becomes a triple-quoted one
+            head_text = f"{indent}{prefix}{triple}{body[0].rstrip()}"
+        else:
+            head_text = last[: close - len(quote)].rstrip()
+        lines[doc.end_lineno - 1: doc.end_lineno] = [
+            (head_text, opening), ("", None), (line, None), (f"{indent}{triple}{after}", None)]
+    return expected
+
+
+def _escape(sentence: str, quote: str, raw: bool, node, lines: list[Line]) -> str:
+    """``sentence`` as it must be written inside a string literal closed by ``quote``."""
+    if not raw:
+        sentence = sentence.replace("\\", "\\\\")
+    if quote in sentence:
+        if raw:
+            _cannot(node, lines, f"the sentence {sentence!r} holds the quotes {quote} that close "
+                                 f"its raw docstring")
+        sentence = sentence.replace(quote[0], "\\" + quote[0])
+    return sentence
 
 
 def tangle(root: Path = ROOT) -> dict[str, str]:

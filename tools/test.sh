@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Run every test of the book, as CI does (.ci/run calls this script):
-#   setup -> tangle check -> unit tests -> nbval over every chapter
-#   -> strict HTML build -> browser test.
+#   setup -> tangle check -> unit tests -> nbval over every chapter, in the environment a
+#   reader's Binder session has -> the chapters that train on CIFAR-10, on another copy of
+#   the data -> strict HTML build -> browser test and PDF edition (tests marked `browser`).
 # Each stage prints its wall time; the last line sums up the test counts.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export CNNBOOK_REQUIRE_ALL=1  # tests that would skip for a missing tool fail instead
 export PYTHONDONTWRITEBYTECODE=1
-mkdir -p _build/test-results
-rm -f _build/test-results/*.xml
+RESULTS=_build/test-results  # junit XML of each pytest stage, summed up at the end
+mkdir -p $RESULTS
+rm -f $RESULTS/*.xml
 declare -a SUMMARY=()
 FAILED=0
 
@@ -27,10 +29,14 @@ stage() {  # stage NAME COMMAND...
 stage setup bash tools/setup.sh || { echo "setup failed; stopping"; exit 1; }
 PY=.venv/bin/python
 stage tangle-check $PY tools/tangle.py --check
-stage unit-tests $PY -m pytest tests -m "not browser" -q --junitxml=_build/test-results/unit.xml
-stage nbval $PY -m pytest book -q --junitxml=_build/test-results/nbval.xml
+stage unit-tests $PY -m pytest tests -m "not browser and not chapters" -q --junitxml=$RESULTS/unit.xml
+# Every chapter runs once here, in a fresh environment built from binder/requirements.txt with
+# the package installed by binder/postBuild (--binder-env; see tests/test_binder.py).
+stage nbval $PY -m pytest book -q --binder-env _build/binder-env --junitxml=$RESULTS/nbval.xml
+# The tests that execute chapters again (tests/test_other_copy.py: another copy of CIFAR-10).
+stage other-copy $PY -m pytest tests -m chapters -q --junitxml=$RESULTS/other-copy.xml
 if stage book-build .venv/bin/jupyter-book build . -W -n --keep-going -q; then
-  stage browser $PY -m pytest tests -m browser -q --junitxml=_build/test-results/browser.xml
+  stage browser $PY -m pytest tests -m browser -q --junitxml=$RESULTS/browser.xml
 else
   SUMMARY+=("browser: not run (no book)"); FAILED=1
 fi

@@ -13,55 +13,87 @@ def _layer(kind, name=None, **fields):
 
 
 def input_layer(channels, height, width=None):
-    """The input volume, ``channels`` x ``height`` x ``width`` (``width`` defaults to height)."""
+    """The input volume, ``channels`` x ``height`` x ``width`` (``width`` defaults to height).
+
+    Explained in the chapter "ConvNet architectures, sizing rules and case studies" (book/architectures.md), section "A spec: a network as a list of layers".
+    """
+    # ---- book/architectures.md:88 ----
     return _layer("input", channels=channels, height=height,
                   width=height if width is None else width)
 
 
 def conv(filters, size, stride=1, pad=0, groups=1, rounding="exact", name=None, bias=True):
     """``filters`` filters of ``size`` x ``size``; ``rounding`` is "exact", "floor" or "ceil";
-    ``bias=False`` for a layer without biases (one followed by batch normalization)."""
+    ``bias=False`` for a layer without biases (one followed by batch normalization).
+
+    Explained in the chapter "ConvNet architectures, sizing rules and case studies" (book/architectures.md), section "A spec: a network as a list of layers".
+    """
+    # ---- book/architectures.md:95 ----
     return _layer("conv", name, filters=filters, size=size, stride=stride, pad=pad,
                   groups=groups, rounding=rounding, bias=bias)
 
 
 def relu(name=None):
+    """Explained in the chapter "ConvNet architectures, sizing rules and case studies" (book/architectures.md), section "A spec: a network as a list of layers"."""
+    # ---- book/architectures.md:100 ----
     return _layer("relu", name)
 
 
 def pool(size=2, stride=None, rounding="exact", name=None, pad=0):
     """Max pooling over ``size`` x ``size`` windows; ``stride`` defaults to ``size``; ``pad``
-    adds a border that no window maximum can come from."""
+    adds a border that no window maximum can come from.
+
+    Explained in the chapter "ConvNet architectures, sizing rules and case studies" (book/architectures.md), section "A spec: a network as a list of layers".
+    """
+    # ---- book/architectures.md:106 ----
     return _layer("pool", name, size=size, stride=size if stride is None else stride,
                   rounding=rounding, pad=pad)
 
 
 def avgpool(size, stride=None, rounding="exact", name=None, pad=0):
-    """Average pooling over ``size`` x ``size`` windows; ``stride`` defaults to ``size``."""
+    """Average pooling over ``size`` x ``size`` windows; ``stride`` defaults to ``size``.
+
+    Explained in the chapter "ConvNet architectures, sizing rules and case studies" (book/architectures.md), section "A spec: a network as a list of layers".
+    """
+    # ---- book/architectures.md:112 ----
     return _layer("avgpool", name, size=size, stride=size if stride is None else stride,
                   rounding=rounding, pad=pad)
 
 
 def fc(units, name=None):
+    """Explained in the chapter "ConvNet architectures, sizing rules and case studies" (book/architectures.md), section "A spec: a network as a list of layers"."""
+    # ---- book/architectures.md:117 ----
     return _layer("fc", name, units=units)
 
 
 def inception(n1x1, n3x3_reduce, n3x3, n5x5_reduce, n5x5, pool_proj, name=None):
-    """GoogLeNet's inception module, with the widths of its branches (Szegedy et al., 2015)."""
+    """GoogLeNet's inception module, with the widths of its branches (Szegedy et al., 2015).
+
+    Explained in the chapter "ConvNet architectures, sizing rules and case studies" (book/architectures.md), section "A spec: a network as a list of layers".
+    """
+    # ---- book/architectures.md:122 ----
     return _layer("inception", name, n1x1=n1x1, n3x3_reduce=n3x3_reduce, n3x3=n3x3,
                   n5x5_reduce=n5x5_reduce, n5x5=n5x5, pool_proj=pool_proj)
 
 
 def batchnorm(name=None):
     """Batch normalization of each channel (spatial batch normalization on a C x H x W volume),
-    with a trainable scale gamma and shift beta per channel."""
+    with a trainable scale gamma and shift beta per channel.
+
+    Explained in the chapter "ConvNet architectures, sizing rules and case studies" (book/architectures.md), section "A spec: a network as a list of layers".
+    """
+    # ---- book/architectures.md:129 ----
     return _layer("batchnorm", name)
 
 
 def residual(body, shortcut=(), name=None):
     """A residual block (He et al., 2016): ``body(x) + shortcut(x)``. ``body`` and ``shortcut``
     are lists of layers (without an input layer) applied to the block's input; an empty
-    shortcut is the identity. Their outputs must have the same shape."""
+    shortcut is the identity. Their outputs must have the same shape.
+
+    Explained in the chapter "ConvNet architectures, sizing rules and case studies" (book/architectures.md), section "A spec: a network as a list of layers".
+    """
+    # ---- book/architectures.md:136 ----
     return _layer("residual", name, body=list(body), shortcut=list(shortcut))
 
 
@@ -138,7 +170,11 @@ def _complete_layer(caller, i, layer, counts):
 
 def check_spec(spec, caller="check_spec"):
     """Validate a spec (a list of layer dicts, the first an input layer); return the layers
-    with their defaults filled in and their names, or raise ValueError naming the layer."""
+    with their defaults filled in and their names, or raise ValueError naming the layer.
+
+    Explained in the chapter "ConvNet architectures, sizing rules and case studies" (book/architectures.md), section "A spec: a network as a list of layers".
+    """
+    # ---- book/architectures.md:226 ----
     if isinstance(spec, (str, bytes, dict)) or not hasattr(spec, "__iter__"):
         raise ValueError(f"{caller}: a spec is a list of layer dicts, got {type(spec).__name__}")
     spec = list(spec)
@@ -229,7 +265,11 @@ def layer_table(spec, caller="layer_table"):
     the forward pass of one image) and ``activations`` (numbers it produces per image; the
     input counts, a ReLU works in place and adds none). Raises ValueError naming the layer
     and the numbers if the spec is invalid or a window does not fit its input (``caller``
-    starts the messages). A residual block is one row, with the sums of its two paths."""
+    starts the messages). A residual block is one row, with the sums of its two paths.
+
+    Explained in the chapter "ConvNet architectures, sizing rules and case studies" (book/architectures.md), section "Shapes, parameters, multiply-adds and activations".
+    """
+    # ---- book/architectures.md:351 ----
     layers = check_spec(spec, caller)
     rows, shape = [], None
     for i, layer in enumerate(layers):
@@ -242,13 +282,21 @@ def layer_table(spec, caller="layer_table"):
 
 
 def table_totals(rows):
-    """The sums of ``params``, ``weights``, ``macs`` and ``activations`` over a layer table."""
+    """The sums of ``params``, ``weights``, ``macs`` and ``activations`` over a layer table.
+
+    Explained in the chapter "ConvNet architectures, sizing rules and case studies" (book/architectures.md), section "Shapes, parameters, multiply-adds and activations".
+    """
+    # ---- book/architectures.md:364 ----
     return {key: sum(row[key] for row in rows)
             for key in ("params", "weights", "macs", "activations")}
 
 
 def format_table(rows, hide=("relu",)):
-    """A layer table as text: one line per layer (except the kinds in ``hide``), and totals."""
+    """A layer table as text: one line per layer (except the kinds in ``hide``), and totals.
+
+    Explained in the chapter "ConvNet architectures, sizing rules and case studies" (book/architectures.md), section "Shapes, parameters, multiply-adds and activations".
+    """
+    # ---- book/architectures.md:370 ----
     lines = [f"{'layer':<13}{'output C x H x W':>18}{'params':>14}{'mult-adds':>16}"
              f"{'activations':>14}"]
     for r in (r for r in rows if r["kind"] not in hide):
@@ -290,6 +338,8 @@ def pattern_spec(N, M, K, input_shape=(3, 32, 32), filters=32, filter_size=3, hi
                  num_classes=10, pool=True):
     """The spec of INPUT -> [[CONV -> RELU]*N -> POOL?]*M -> [FC -> RELU]*K -> FC.
 
+    Explained in the chapter "ConvNet architectures, sizing rules and case studies" (book/architectures.md), section "The layer pattern".
+
     ``filters`` is the number of filters of every conv layer, or a list of M numbers, one per
     stage; the conv layers have stride 1 and pad (filter_size - 1) // 2, which keeps the size
     for an odd filter_size. With ``pool`` each stage ends in a 2x2 max pool of stride 2.
@@ -297,6 +347,7 @@ def pattern_spec(N, M, K, input_shape=(3, 32, 32), filters=32, filter_size=3, hi
     Raises ValueError for counts that are not integers >= 0; warns (UserWarning) for N > 3 or
     K >= 3.
     """
+    # ---- book/architectures.md:486 ----
     filters = _check_pattern(N, M, K, filters)
     spec = [input_layer(*input_shape)]
     for stage in range(M):
@@ -339,6 +390,8 @@ import numpy as np
 class SpecNet:
     """A ConvNet built from a spec of input, conv, relu, pool (max) and fc layers.
 
+    Explained in the chapter "ConvNet architectures, sizing rules and case studies" (book/architectures.md), section "A model from a spec".
+
     The i-th layer with weights (conv or fc, in order) has ``params["W{i}"]``, of shape
     (F, C, k, k) for a conv layer and (D, U) for an fc layer, and ``params["b{i}"]``. Weights
     start as ``scale * N(0, 1)`` with ``scale = weight_scale``, or ``sqrt(2 / fan_in)`` (He
@@ -348,6 +401,7 @@ class SpecNet:
     the current layer's output, not the caches a backward pass would need.
     """
 
+    # ---- book/architectures.md:579 ----
     def __init__(self, spec, weight_scale=None, reg=0.0, dtype=np.float32, seed=None):
         rows = layer_table(spec)
         layers = check_spec(spec, "SpecNet")
@@ -442,7 +496,11 @@ from cnnbook.layers import softmax_loss
 def receptive_field(spec):
     """Receptive field along one axis, in input pixels, of one unit of the last layer of a spec
     of conv, relu, pool and avgpool layers: r = 1 + sum_l (k_l - 1) * (product of the strides
-    of the layers before l). Batch normalization, like ReLU, acts on each unit alone."""
+    of the layers before l). Batch normalization, like ReLU, acts on each unit alone.
+
+    Explained in the chapter "ConvNet architectures, sizing rules and case studies" (book/architectures.md), section "Small filters, stacked".
+    """
+    # ---- book/architectures.md:772 ----
     layers = check_spec(spec, "receptive_field")
     field, jump = 1, 1
     for i, layer in enumerate(layers[1:], start=1):
@@ -464,7 +522,11 @@ def traced_memory(fn, *args, **kwargs):
     """Run ``fn(*args, **kwargs)`` under tracemalloc; return ``(result, peak, kept)``: the peak
     of the memory allocated during the call, and the memory still allocated at its end (held
     by the result), both in bytes and counted from the start of the call. NumPy reports its
-    array buffers to tracemalloc, so they are included."""
+    array buffers to tracemalloc, so they are included.
+
+    Explained in the chapter "ConvNet architectures, sizing rules and case studies" (book/architectures.md), section "Small filters, stacked".
+    """
+    # ---- book/architectures.md:829 ----
     tracing = tracemalloc.is_tracing()
     if not tracing:
         tracemalloc.start()
@@ -514,10 +576,13 @@ def check_sizing_rules(spec, min_halvings=4):
     """Check a spec against the sizing rules of the cs231n notes; return a list of messages,
     one per rule a layer breaks, each naming the layer (empty: all rules hold).
 
+    Explained in the chapter "ConvNet architectures, sizing rules and case studies" (book/architectures.md), section "Sizing rules".
+
     Rules: input height and width divisible by 2**min_halvings; conv layers with F <= 5
     (larger only in the first conv layer), S = 1, P = (F - 1)/2; max pooling with F = 2, S = 2;
     windows that tile their input without rounding. The layers of residual blocks are checked
     too, and named ``block/body/layer`` or ``block/shortcut/layer``."""
+    # ---- book/architectures.md:995 ----
     layers, rows = check_spec(spec, "check_sizing_rules"), layer_table(spec)
     found = []
     for side in sorted(set(rows[0]["shape"][1:])):
@@ -553,14 +618,22 @@ def _layer_rules(layers, rows, prefix, convs):
 
 # ---- book/architectures.md:1153 ----
 def lenet5():
-    """LeNet-5 (LeCun et al., 1998), with layer names C1 ... F6 as in the paper."""
+    """LeNet-5 (LeCun et al., 1998), with layer names C1 ... F6 as in the paper.
+
+    Explained in the chapter "ConvNet architectures, sizing rules and case studies" (book/architectures.md), section "Case studies".
+    """
+    # ---- book/architectures.md:1155 ----
     return [input_layer(1, 32), conv(6, 5, name="C1"), relu(), pool(2, name="S2"),
             conv(16, 5, name="C3"), relu(), pool(2, name="S4"), conv(120, 5, name="C5"), relu(),
             fc(84, name="F6"), relu(), fc(10, name="output")]
 
 
 def alexnet():
-    """AlexNet (Krizhevsky et al., 2012) on 227x227 inputs, with its two-GPU groups."""
+    """AlexNet (Krizhevsky et al., 2012) on 227x227 inputs, with its two-GPU groups.
+
+    Explained in the chapter "ConvNet architectures, sizing rules and case studies" (book/architectures.md), section "Case studies".
+    """
+    # ---- book/architectures.md:1162 ----
     return [input_layer(3, 227), conv(96, 11, stride=4, name="conv1"), relu(),
             pool(3, 2, name="pool1"), conv(256, 5, pad=2, groups=2, name="conv2"), relu(),
             pool(3, 2, name="pool2"), conv(384, 3, pad=1, name="conv3"), relu(),
@@ -570,7 +643,11 @@ def alexnet():
 
 
 def zfnet():
-    """ZFNet (Zeiler and Fergus, 2014, Figure 3), with the rounding its sizes need."""
+    """ZFNet (Zeiler and Fergus, 2014, Figure 3), with the rounding its sizes need.
+
+    Explained in the chapter "ConvNet architectures, sizing rules and case studies" (book/architectures.md), section "Case studies".
+    """
+    # ---- book/architectures.md:1172 ----
     return [input_layer(3, 224), conv(96, 7, stride=2, pad=1, rounding="floor", name="conv1"),
             relu(), pool(3, 2, rounding="ceil", name="pool1"),
             conv(256, 5, stride=2, name="conv2"), relu(), pool(3, 2, rounding="ceil", name="pool2"),
@@ -580,7 +657,11 @@ def zfnet():
 
 
 def vgg16(num_classes=1000):
-    """VGG-16, configuration D of Simonyan and Zisserman (2015)."""
+    """VGG-16, configuration D of Simonyan and Zisserman (2015).
+
+    Explained in the chapter "ConvNet architectures, sizing rules and case studies" (book/architectures.md), section "Case studies".
+    """
+    # ---- book/architectures.md:1182 ----
     spec = [input_layer(3, 224)]
     for stage, (filters, convs) in enumerate(((64, 2), (128, 2), (256, 3), (512, 3), (512, 3)),
                                              start=1):
@@ -604,7 +685,11 @@ GOOGLENET_INCEPTION = {
 
 
 def googlenet():
-    """GoogLeNet (Szegedy et al., 2015, Table 1) without its auxiliary classifiers."""
+    """GoogLeNet (Szegedy et al., 2015, Table 1) without its auxiliary classifiers.
+
+    Explained in the chapter "ConvNet architectures, sizing rules and case studies" (book/architectures.md), section "Case studies".
+    """
+    # ---- book/architectures.md:1208 ----
     spec = [input_layer(3, 224), conv(64, 7, stride=2, pad=3, rounding="floor", name="conv1"),
             relu(), pool(3, 2, rounding="ceil", name="pool1"),
             conv(64, 1, name="conv2_reduce"), relu(), conv(192, 3, pad=1, name="conv2"), relu(),
@@ -650,7 +735,11 @@ def resnet(depth=50, num_classes=1000, stride_in_3x3=False):
     """ResNet-18, 34, 50, 101 or 152 (He et al., 2016, Table 1) on 224x224 inputs, with
     batch normalization after every conv layer and projection shortcuts where the shape
     changes (option B). In a bottleneck block the stride is on the first 1x1 conv as in the
-    paper, or on the 3x3 conv with ``stride_in_3x3`` (as in torchvision)."""
+    paper, or on the 3x3 conv with ``stride_in_3x3`` (as in torchvision).
+
+    Explained in the chapter "ConvNet architectures, sizing rules and case studies" (book/architectures.md), section "ResNet: residual blocks and batch normalization".
+    """
+    # ---- book/architectures.md:1525 ----
     if depth not in RESNET_STAGES:
         raise ValueError(f"resnet: depth must be one of {sorted(RESNET_STAGES)}, got {depth!r}")
     kind, blocks = RESNET_STAGES[depth]
@@ -664,37 +753,3 @@ def resnet(depth=50, num_classes=1000, stride_in_3x3=False):
                                             f"conv{stage}_{j}")
             spec += block
     return spec + [avgpool(7, 1, name="avgpool"), fc(num_classes, name="fc")]
-
-
-# ---- where the book explains each definition (tools/tangle.py) ----
-_EXPLAINED_IN = {
-    'input_layer': 'the chapter "ConvNet architectures, sizing rules and case studies" (book/architectures.md), section "A spec: a network as a list of layers"',
-    'conv': 'the chapter "ConvNet architectures, sizing rules and case studies" (book/architectures.md), section "A spec: a network as a list of layers"',
-    'relu': 'the chapter "ConvNet architectures, sizing rules and case studies" (book/architectures.md), section "A spec: a network as a list of layers"',
-    'pool': 'the chapter "ConvNet architectures, sizing rules and case studies" (book/architectures.md), section "A spec: a network as a list of layers"',
-    'avgpool': 'the chapter "ConvNet architectures, sizing rules and case studies" (book/architectures.md), section "A spec: a network as a list of layers"',
-    'fc': 'the chapter "ConvNet architectures, sizing rules and case studies" (book/architectures.md), section "A spec: a network as a list of layers"',
-    'inception': 'the chapter "ConvNet architectures, sizing rules and case studies" (book/architectures.md), section "A spec: a network as a list of layers"',
-    'batchnorm': 'the chapter "ConvNet architectures, sizing rules and case studies" (book/architectures.md), section "A spec: a network as a list of layers"',
-    'residual': 'the chapter "ConvNet architectures, sizing rules and case studies" (book/architectures.md), section "A spec: a network as a list of layers"',
-    'check_spec': 'the chapter "ConvNet architectures, sizing rules and case studies" (book/architectures.md), section "A spec: a network as a list of layers"',
-    'layer_table': 'the chapter "ConvNet architectures, sizing rules and case studies" (book/architectures.md), section "Shapes, parameters, multiply-adds and activations"',
-    'table_totals': 'the chapter "ConvNet architectures, sizing rules and case studies" (book/architectures.md), section "Shapes, parameters, multiply-adds and activations"',
-    'format_table': 'the chapter "ConvNet architectures, sizing rules and case studies" (book/architectures.md), section "Shapes, parameters, multiply-adds and activations"',
-    'pattern_spec': 'the chapter "ConvNet architectures, sizing rules and case studies" (book/architectures.md), section "The layer pattern"',
-    'SpecNet': 'the chapter "ConvNet architectures, sizing rules and case studies" (book/architectures.md), section "A model from a spec"',
-    'receptive_field': 'the chapter "ConvNet architectures, sizing rules and case studies" (book/architectures.md), section "Small filters, stacked"',
-    'traced_memory': 'the chapter "ConvNet architectures, sizing rules and case studies" (book/architectures.md), section "Small filters, stacked"',
-    'check_sizing_rules': 'the chapter "ConvNet architectures, sizing rules and case studies" (book/architectures.md), section "Sizing rules"',
-    'lenet5': 'the chapter "ConvNet architectures, sizing rules and case studies" (book/architectures.md), section "Case studies"',
-    'alexnet': 'the chapter "ConvNet architectures, sizing rules and case studies" (book/architectures.md), section "Case studies"',
-    'zfnet': 'the chapter "ConvNet architectures, sizing rules and case studies" (book/architectures.md), section "Case studies"',
-    'vgg16': 'the chapter "ConvNet architectures, sizing rules and case studies" (book/architectures.md), section "Case studies"',
-    'googlenet': 'the chapter "ConvNet architectures, sizing rules and case studies" (book/architectures.md), section "Case studies"',
-    'resnet': 'the chapter "ConvNet architectures, sizing rules and case studies" (book/architectures.md), section "ResNet: residual blocks and batch normalization"',
-}
-for _name, _where in _EXPLAINED_IN.items():
-    # after the docstring's first paragraph, so that help() shows it at the top
-    _head, _, _rest = (globals()[_name].__doc__ or "").partition("\n\n")
-    globals()[_name].__doc__ = f"{_head.rstrip()}\n\n    Explained in {_where}.\n\n{_rest}"
-del _name, _where, _head, _rest

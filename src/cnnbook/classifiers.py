@@ -56,6 +56,8 @@ from cnnbook.layers import affine_backward, affine_forward, softmax_loss
 class TwoLayerNet:
     """A two-layer fully-connected network: affine - ReLU - affine - softmax.
 
+    Explained in the chapter "Fully-connected networks" (book/fc_nets.md), section "A two-layer network".
+
     Parameters (in ``self.params``, float64)
     ----------------------------------------
     W1 : (input_dim, hidden_dim)    b1 : (hidden_dim,)
@@ -66,6 +68,7 @@ class TwoLayerNet:
     penalty ``0.5 * reg * (sum(W1**2) + sum(W2**2))``.
     """
 
+    # ---- book/fc_nets.md:157 ----
     def __init__(self, input_dim=3 * 32 * 32, hidden_dim=100, num_classes=10, weight_scale=1e-3,
                  reg=0.0, seed=None):
         _check_positive_ints("TwoLayerNet", input_dim=input_dim, hidden_dim=hidden_dim,
@@ -163,6 +166,8 @@ def _check_fc_args(hidden_dims, input_dim, num_classes, normalization, dropout_k
 class FullyConnectedNet:
     """A fully-connected network with any number of hidden layers:
 
+    Explained in the chapter "Fully-connected networks" (book/fc_nets.md), section "A network of any depth".
+
         {affine - [batch/layer norm] - ReLU - [dropout]} x (L - 1) - affine - softmax
 
     where L = len(hidden_dims) + 1 is the number of affine layers.
@@ -189,6 +194,7 @@ class FullyConnectedNet:
         ``model.dropout_param['seed']`` and seed ``np.random`` instead (see the Dropout chapter).
     """
 
+    # ---- book/fc_nets.md:392 ----
     def __init__(self, hidden_dims, input_dim=3 * 32 * 32, num_classes=10, dropout_keep_ratio=1,
                  normalization=None, reg=0.0, weight_scale=1e-2, dtype=np.float32, seed=None):
         hidden_dims = list(hidden_dims)
@@ -352,6 +358,8 @@ import numpy as np
 class ThreeLayerConvNet:
     """A three-layer convolutional network (the cs231n assignment's):
 
+    Explained in the chapter "A three-layer ConvNet" (book/convnet.md), section "The network".
+
         conv - ReLU - 2x2 max pool - affine - ReLU - affine - softmax
 
     on inputs of shape (N, C, H, W). The convolution has stride 1 and zero padding (F - 1)/2, so it
@@ -374,6 +382,7 @@ class ThreeLayerConvNet:
     seed : seeds the initial weights (``np.random.default_rng(seed)``).
     """
 
+    # ---- book/convnet.md:285 ----
     def __init__(self, input_dim=(3, 32, 32), num_filters=32, filter_size=7, hidden_dim=100,
                  num_classes=10, weight_scale=1e-3, reg=0.0, dtype=np.float32, seed=None):
         C, H, W = _check_convnet_args(input_dim, num_filters, filter_size, hidden_dim,
@@ -444,7 +453,11 @@ from cnnbook.nhwc import receptive_fields
 
 def patch_covariance(X, chunk=500):
     """The covariance (12, 12) of the 2x2 patches of images X (N, H, W, 3), in float64, summed
-    over chunks of images (the patches of all images at once would take gigabytes)."""
+    over chunks of images (the patches of all images at once would take gigabytes).
+
+    Explained in the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "The network".
+    """
+    # ---- book/fast_training.md:790 ----
     n, total, outer = 0, np.zeros(12), np.zeros((12, 12))
     for i in range(0, len(X), chunk):
         patches = receptive_fields(np.ascontiguousarray(X[i:i + chunk], np.float64), 2)
@@ -457,11 +470,14 @@ def patch_covariance(X, chunk=500):
 def whitening_filters(X, eps=5e-4, keep=12):
     """Fixed first-layer filters that whiten 2x2 patches.
 
+    Explained in the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "The network".
+
     X : (N, H, W, 3) float images (normalized as the network will see them).
     Returns w (2, 2, 3, 2 * keep): the ``keep`` eigenvectors of the patch covariance with the
     largest eigenvalues, each scaled by 1 / sqrt(eigenvalue + eps), then their negatives. eps
     damps the directions of tiny variance; keep < 12 leaves the faintest ones out.
     """
+    # ---- book/fast_training.md:807 ----
     if X.ndim != 4 or X.shape[3] != 3:
         raise ValueError(f"whitening_filters: X must be (N, H, W, 3) images, got {X.shape}")
     if not 1 <= keep <= 12:
@@ -475,6 +491,8 @@ def whitening_filters(X, eps=5e-4, keep=12):
 class FastConvNet:
     """whitening -> 3 x [conv-pool-BN-ReLU, residual conv-BN-ReLU] -> global pool -> affine.
 
+    Explained in the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "The network".
+
     Inputs are channels last, X : (N, H, W, 3), H and W at least 16. Parameters: 'W{i}' and
     'W{i}r' (3, 3, C_in, w_i) for the first and the residual convolution of block i, their
     'gamma...'/'beta...' (w_i,), and 'W_fc' (w_3, num_classes), 'b_fc' (num_classes,).
@@ -484,6 +502,7 @@ class FastConvNet:
     ``head_pool``: "max" or "avg", the global pooling before the affine layer.
     """
 
+    # ---- book/fast_training.md:910 ----
     def __init__(self, whitening, widths=(32, 96, 192), num_classes=10, smoothing=0.2,
                  scale=1 / 8, dirac=True, bn_momentum=0.6, head_pool="max", seed=0,
                  dtype=np.float32):
@@ -564,19 +583,3 @@ from cnnbook.nhwc import (conv_bn_relu_backward, conv_bn_relu_forward, conv_forw
 
 # ---- book/fast_training.md:976 ----
 from cnnbook.layers import softmax_loss_smooth
-
-
-# ---- where the book explains each definition (tools/tangle.py) ----
-_EXPLAINED_IN = {
-    'TwoLayerNet': 'the chapter "Fully-connected networks" (book/fc_nets.md), section "A two-layer network"',
-    'FullyConnectedNet': 'the chapter "Fully-connected networks" (book/fc_nets.md), section "A network of any depth"',
-    'ThreeLayerConvNet': 'the chapter "A three-layer ConvNet" (book/convnet.md), section "The network"',
-    'patch_covariance': 'the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "The network"',
-    'whitening_filters': 'the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "The network"',
-    'FastConvNet': 'the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "The network"',
-}
-for _name, _where in _EXPLAINED_IN.items():
-    # after the docstring's first paragraph, so that help() shows it at the top
-    _head, _, _rest = (globals()[_name].__doc__ or "").partition("\n\n")
-    globals()[_name].__doc__ = f"{_head.rstrip()}\n\n    Explained in {_where}.\n\n{_rest}"
-del _name, _where, _head, _rest

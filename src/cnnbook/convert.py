@@ -33,6 +33,8 @@ def _check_fc_to_conv(name, W, b, input_shape):
 def fc_to_conv(W, b, input_shape):
     """The convolution that computes what an affine layer computes on a volume.
 
+    Explained in the chapter "From fully-connected layers to convolutions" (book/fc_to_conv.md), section "The conversion in the package".
+
     Parameters
     ----------
     W : ndarray of shape (D, M), the weights of ``affine_forward(x, W, b)``.
@@ -51,6 +53,7 @@ def fc_to_conv(W, b, input_shape):
 
     Raises ValueError, naming the numbers, when D != C * H * W or b does not have shape (M,).
     """
+    # ---- book/fc_to_conv.md:258 ----
     W, b, (C, H, Wd) = _check_fc_to_conv("fc_to_conv", W, b, input_shape)
     # column m of W lists filter m in C order, row d = (c * H + i) * Wd + j
     return W.T.reshape(W.shape[1], C, H, Wd).copy(), b.copy()
@@ -59,12 +62,15 @@ def fc_to_conv(W, b, input_shape):
 def fc_stack_to_conv(layers, input_shape):
     """Convert affine layers [(W1, b1), (W2, b2), ...] applied one after the other.
 
+    Explained in the chapter "From fully-connected layers to convolutions" (book/fc_to_conv.md), section "The conversion in the package".
+
     The first reads volumes of shape input_shape = (C, H, W) and becomes filters of shape
     (M1, C, H, W); layer k > 1, with W_k of shape (M_{k-1}, M_k), becomes 1x1 filters of shape
     (M_k, M_{k-1}, 1, 1). Returns the list of (w, b); the nonlinearities between the layers
     (ReLUs, say) stay as they are, since they act on each number separately. Raises ValueError,
     naming the layer, when a layer is not a pair (W, b) or does not fit its input.
     """
+    # ---- book/fc_to_conv.md:272 ----
     convs, shape = [], input_shape
     for k, layer in enumerate(layers):
         pair = isinstance(layer, (tuple, list))
@@ -78,15 +84,3 @@ def fc_stack_to_conv(layers, input_shape):
         convs.append((w, b))
         shape = (w.shape[0], 1, 1)
     return convs
-
-
-# ---- where the book explains each definition (tools/tangle.py) ----
-_EXPLAINED_IN = {
-    'fc_to_conv': 'the chapter "From fully-connected layers to convolutions" (book/fc_to_conv.md), section "The conversion in the package"',
-    'fc_stack_to_conv': 'the chapter "From fully-connected layers to convolutions" (book/fc_to_conv.md), section "The conversion in the package"',
-}
-for _name, _where in _EXPLAINED_IN.items():
-    # after the docstring's first paragraph, so that help() shows it at the top
-    _head, _, _rest = (globals()[_name].__doc__ or "").partition("\n\n")
-    globals()[_name].__doc__ = f"{_head.rstrip()}\n\n    Explained in {_where}.\n\n{_rest}"
-del _name, _where, _head, _rest

@@ -18,13 +18,21 @@ TEST_BATCH = "test_batch"
 
 
 class DatasetUnavailableError(RuntimeError):
-    """CIFAR-10 is not on disk and could not be downloaded."""
+    """CIFAR-10 is not on disk and could not be downloaded.
+
+    Explained in the chapter "The CIFAR-10 dataset" (book/cifar10.md), section "The file format".
+    """
 
 
+# ---- book/cifar10.md:108 ----
 class ChecksumError(DatasetUnavailableError):
-    """The downloaded archive does not have the expected md5 checksum."""
+    """The downloaded archive does not have the expected md5 checksum.
+
+    Explained in the chapter "The CIFAR-10 dataset" (book/cifar10.md), section "The file format".
+    """
 
 
+# ---- book/cifar10.md:112 ----
 def _local_copy_hint():
     return (
         f"To use a copy that is already on disk, set the environment variable {CIFAR10_ENV} to the "
@@ -108,6 +116,8 @@ import numpy as np
 def load_batch(path):
     """Read one CIFAR-10 batch file (``data_batch_1`` ... ``data_batch_5``, ``test_batch``).
 
+    Explained in the chapter "The CIFAR-10 dataset" (book/cifar10.md), section "The file format".
+
     Returns
     -------
     X : uint8 array of shape (n, 32, 32, 3), channels last (row, column, RGB)
@@ -115,6 +125,7 @@ def load_batch(path):
 
     Raises ValueError, naming the file, if it is not a valid batch.
     """
+    # ---- book/cifar10.md:218 ----
     path = Path(path)
     try:
         with open(path, "rb") as f:
@@ -137,7 +148,11 @@ from pathlib import Path
 
 
 def default_cache_dir():
-    """The download cache: ``$CNNBOOK_DATA_DIR`` if set, else pooch's user cache for "cnnbook"."""
+    """The download cache: ``$CNNBOOK_DATA_DIR`` if set, else pooch's user cache for "cnnbook".
+
+    Explained in the chapter "The CIFAR-10 dataset" (book/cifar10.md), section "Where the data comes from".
+    """
+    # ---- book/cifar10.md:293 ----
     env = os.environ.get(DATA_DIR_ENV, "").strip()
     if env:
         return Path(env).expanduser()
@@ -281,6 +296,8 @@ from pathlib import Path
 def fetch_cifar10(cache_dir=None, url=CIFAR10_URL, md5=CIFAR10_MD5, downloader=None):
     """Download, verify and extract the CIFAR-10 archive; return the path of cifar-10-batches-py.
 
+    Explained in the chapter "The CIFAR-10 dataset" (book/cifar10.md), section "Where the data comes from".
+
     ``cache_dir`` defaults to ``default_cache_dir()``. If ``cache_dir/cifar-10-batches-py`` is
     already complete, nothing is downloaded. Otherwise the archive at ``url`` is downloaded with
     pooch (``downloader`` is passed to ``pooch.retrieve``), its md5 is checked against ``md5``, and
@@ -289,6 +306,7 @@ def fetch_cifar10(cache_dir=None, url=CIFAR10_URL, md5=CIFAR10_MD5, downloader=N
     Raises ChecksumError if the download has the wrong checksum (pooch deletes it, so a retry
     downloads again), DatasetUnavailableError if it cannot be downloaded or extracted.
     """
+    # ---- book/cifar10.md:465 ----
     cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     target = cache / CIFAR10_FOLDER
     if target.exists():
@@ -314,11 +332,14 @@ import numpy as np
 def find_cifar10(root=None, download=True):
     """The directory ``cifar-10-batches-py`` to load from (a pathlib.Path).
 
+    Explained in the chapter "The CIFAR-10 dataset" (book/cifar10.md), section "Where the data comes from".
+
     Looks in ``root`` if given, else in ``$CNNBOOK_CIFAR10_DIR`` if set (each may be the directory
     containing cifar-10-batches-py or that directory itself), else in the download cache
     (``default_cache_dir()``), downloading into it with ``fetch_cifar10`` if the data is absent and
     ``download`` is true.
     """
+    # ---- book/cifar10.md:500 ----
     if root is not None:
         return _batches_dir(root, "the root argument")
     env = os.environ.get(CIFAR10_ENV, "").strip()
@@ -338,6 +359,8 @@ def find_cifar10(root=None, download=True):
 def load_cifar10(root=None, download=True):
     """Load CIFAR-10 as NumPy arrays (see ``find_cifar10`` for where the files are looked for).
 
+    Explained in the chapter "The CIFAR-10 dataset" (book/cifar10.md), section "Where the data comes from".
+
     Returns
     -------
     X_train : uint8 array (50000, 32, 32, 3), channels last
@@ -345,6 +368,7 @@ def load_cifar10(root=None, download=True):
     X_test : uint8 array (10000, 32, 32, 3)
     y_test : int64 array (10000,)
     """
+    # ---- book/cifar10.md:526 ----
     directory = find_cifar10(root, download)
     _note_copy(directory)  # which copy this is; warns once if it is not the official one
     batches = [load_batch(directory / name) for name in TRAIN_BATCHES]
@@ -410,16 +434,23 @@ import warnings
 def cifar10_fingerprint(root=None):
     """Which copy of CIFAR-10 ``find_cifar10(root, download=False)`` finds.
 
+    Explained in the chapter "The CIFAR-10 dataset" (book/cifar10.md), section "Which copy of CIFAR-10?".
+
     Returns ``"official"`` if every file (the five training batches, ``test_batch`` and
     ``batches.meta``) has its published MD5, else ``"sha256:"`` followed by 16 hex digits of a
     hash of the files' contents. Cached per directory; recomputed when a file's size or
     modification time changes.
     """
+    # ---- book/cifar10.md:621 ----
     return _fingerprint(find_cifar10(root, download=False))
 
 
 def loaded_fingerprints():
-    """The fingerprints of the CIFAR-10 copies ``load_cifar10`` has read in this process."""
+    """The fingerprints of the CIFAR-10 copies ``load_cifar10`` has read in this process.
+
+    Explained in the chapter "The CIFAR-10 dataset" (book/cifar10.md), section "Which copy of CIFAR-10?".
+    """
+    # ---- book/cifar10.md:626 ----
     return sorted(set(_LOADED.values()))
 
 
@@ -482,6 +513,8 @@ def get_cifar10_data(num_training=49000, num_validation=1000, num_test=1000, sub
                      dtype=np.float32, channels_first=True, root=None):
     """CIFAR-10 split into training, validation and test sets and preprocessed, as in cs231n.
 
+    Explained in the chapter "The CIFAR-10 dataset" (book/cifar10.md), section "Preprocessing for the networks".
+
     The validation images are the ``num_validation`` training images after the first
     ``num_training``; the test images are the first ``num_test`` of the test batch. The mean image
     of the training split is subtracted from all three if ``subtract_mean``. ``root`` is passed to
@@ -495,6 +528,7 @@ def get_cifar10_data(num_training=49000, num_validation=1000, num_test=1000, sub
     - ``mean_image``: the mean of the training split, (3, 32, 32) or (32, 32, 3) like the images,
       of ``dtype`` (add it back to see the images).
     """
+    # ---- book/cifar10.md:921 ----
     dtype = _check_split_args(num_training, num_validation, num_test, dtype)
     sizes = (num_training, num_validation, num_test)
     _check_split_sizes(*sizes, 50000, 10000)
@@ -522,23 +556,3 @@ def get_cifar10_data(num_training=49000, num_validation=1000, num_test=1000, sub
         data[f"X_{split}"] = X
         data[f"y_{split}"] = y.copy()
     return data
-
-
-# ---- where the book explains each definition (tools/tangle.py) ----
-_EXPLAINED_IN = {
-    'DatasetUnavailableError': 'the chapter "The CIFAR-10 dataset" (book/cifar10.md), section "The file format"',
-    'ChecksumError': 'the chapter "The CIFAR-10 dataset" (book/cifar10.md), section "The file format"',
-    'load_batch': 'the chapter "The CIFAR-10 dataset" (book/cifar10.md), section "The file format"',
-    'default_cache_dir': 'the chapter "The CIFAR-10 dataset" (book/cifar10.md), section "Where the data comes from"',
-    'fetch_cifar10': 'the chapter "The CIFAR-10 dataset" (book/cifar10.md), section "Where the data comes from"',
-    'find_cifar10': 'the chapter "The CIFAR-10 dataset" (book/cifar10.md), section "Where the data comes from"',
-    'load_cifar10': 'the chapter "The CIFAR-10 dataset" (book/cifar10.md), section "Where the data comes from"',
-    'cifar10_fingerprint': 'the chapter "The CIFAR-10 dataset" (book/cifar10.md), section "Which copy of CIFAR-10?"',
-    'loaded_fingerprints': 'the chapter "The CIFAR-10 dataset" (book/cifar10.md), section "Which copy of CIFAR-10?"',
-    'get_cifar10_data': 'the chapter "The CIFAR-10 dataset" (book/cifar10.md), section "Preprocessing for the networks"',
-}
-for _name, _where in _EXPLAINED_IN.items():
-    # after the docstring's first paragraph, so that help() shows it at the top
-    _head, _, _rest = (globals()[_name].__doc__ or "").partition("\n\n")
-    globals()[_name].__doc__ = f"{_head.rstrip()}\n\n    Explained in {_where}.\n\n{_rest}"
-del _name, _where, _head, _rest

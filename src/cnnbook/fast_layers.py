@@ -13,11 +13,14 @@ from cnnbook.layers import _conv_check, _conv_check_dout
 def im2col(x, HH, WW, stride, pad):
     """Receptive fields as columns: x (N, C, H, W) -> X_col (C*HH*WW, N*H_out*W_out), x's dtype.
 
+    Explained in the chapter "The convolutional layer" (book/convolution.md), section "Fast layers".
+
     x is zero-padded by pad on all four sides; the arguments are assumed valid (the layers check
     them). The rows are ordered (channel, filter row, filter column), like ``w.reshape(F, -1)``;
     the columns (example, output row, output column): column n*H_out*W_out + i*W_out + j is the
     receptive field of output (n, i, j) of the padded x, flattened.
     """
+    # ---- book/convolution.md:1130 ----
     N, C = x.shape[:2]
     x_pad = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad))) if pad else x
     windows = sliding_window_view(x_pad, (HH, WW), axis=(2, 3))[:, :, ::stride, ::stride]
@@ -28,10 +31,13 @@ def im2col(x, HH, WW, stride, pad):
 def col2im(dcols, x_shape, HH, WW, stride, pad):
     """Adjoint of ``im2col``: add every entry of dcols back to the pixel it was copied from.
 
+    Explained in the chapter "The convolutional layer" (book/convolution.md), section "Fast layers".
+
     dcols : (C*HH*WW, N*H_out*W_out), in im2col's layout; x_shape : (N, C, H, W), the shape of
     im2col's input (before padding). Returns dx of shape x_shape, in dcols's dtype; the
     gradients of the padding are dropped.
     """
+    # ---- book/convolution.md:1144 ----
     N, C, H, W = x_shape
     H_out, W_out = (H + 2 * pad - HH) // stride + 1, (W + 2 * pad - WW) // stride + 1
     dcols = dcols.reshape(C, HH, WW, N, H_out, W_out)
@@ -54,12 +60,15 @@ DX_BLOCK = 1 << 22  # numbers of column gradients computed at a time in conv_bac
 def conv_forward_fast(x, w, b, conv_param):
     """Forward pass of a convolutional layer as one matrix product (im2col), in x's dtype.
 
+    Explained in the chapter "The convolutional layer" (book/convolution.md), section "Fast layers".
+
     Same arguments, output and errors as ``cnnbook.layers.conv_forward_naive``: start with
     ``_conv_check("conv_forward_fast", x, w, b, conv_param)`` (ValueError for bad arguments).
     The cache is (x.shape, w, b, conv_param, cols), the columns cols = im2col(x, HH, WW, S, P)
     of shape (C*HH*WW, N*H_out*W_out) last (a later cell reads cache[-1]); the backward pass
     uses them instead of x.
     """
+    # ---- book/convolution.md:1216 ----
     x, w, b, S, P, H_out, W_out = _conv_check("conv_forward_fast", x, w, b, conv_param)
     N, F, (_, C, HH, WW) = x.shape[0], w.shape[0], w.shape
     cols = im2col(x, HH, WW, S, P)  # (C*HH*WW, N*H_out*W_out)
@@ -72,10 +81,13 @@ def conv_forward_fast(x, w, b, conv_param):
 def conv_backward_fast(dout, cache):
     """Backward pass of ``conv_forward_fast``.
 
+    Explained in the chapter "The convolutional layer" (book/convolution.md), section "Fast layers".
+
     Returns dx of shape (N, C, H, W), dw of shape (F, C, HH, WW) and db of shape (F,), in w's
     dtype. Check dout with ``_conv_check_dout("conv_backward_fast", ...)`` as the naive version
     does. Compute the column gradients for about DX_BLOCK numbers (a block of examples) at a time.
     """
+    # ---- book/convolution.md:1232 ----
     x_shape, w, b, conv_param, cols = cache
     N, F = x_shape[0], w.shape[0]
     S, P = conv_param["stride"], conv_param["pad"]
@@ -126,7 +138,11 @@ def max_pool_forward_fast(x, pool_param):
     """Forward pass of max pooling, without a loop over window positions; the same result as
     ``max_pool_forward_naive`` (same parameters, returns and errors: start with
     ``_pool_check_input("max_pool_forward_fast", x, pool_param)``, ValueError for bad input).
-    out is of x's dtype. The cache is (x, out, PH, PW, S), for ``max_pool_backward_fast``."""
+    out is of x's dtype. The cache is (x, out, PH, PW, S), for ``max_pool_backward_fast``.
+
+    Explained in the chapter "The pooling layer" (book/pooling.md), section "Fast pooling".
+    """
+    # ---- book/pooling.md:606 ----
     x, PH, PW, S, H_out, W_out = _pool_check_input("max_pool_forward_fast", x, pool_param)
     x = np.ascontiguousarray(x)
     views = _pool_views(x, PH, PW, S, H_out, W_out)
@@ -141,7 +157,11 @@ def max_pool_backward_fast(dout, cache):
     """Backward pass of max pooling; exactly the result of ``max_pool_backward_naive``,
     ties included (each window's gradient goes to its first maximum in row-major order), and
     where windows overlap the same sums in the same order. dx has x's shape and dtype; check
-    dout with ``_pool_check_dout`` (ValueError for a wrong shape)."""
+    dout with ``_pool_check_dout`` (ValueError for a wrong shape).
+
+    Explained in the chapter "The pooling layer" (book/pooling.md), section "Fast pooling".
+    """
+    # ---- book/pooling.md:621 ----
     x, out, PH, PW, S = cache
     H_out, W_out = out.shape[2:]
     dout = _pool_check_dout("max_pool_backward_fast", dout, out.shape, x.dtype)
@@ -171,7 +191,11 @@ def avg_pool_forward_fast(x, pool_param):
     """Forward pass of average pooling without a loop over window positions; as
     ``avg_pool_forward_naive`` (errors included: start with ``_pool_check_input``), up to the
     order of floating-point additions. out is of x's dtype. The cache is
-    (x.shape, x.dtype, PH, PW, S), for ``avg_pool_backward_fast``."""
+    (x.shape, x.dtype, PH, PW, S), for ``avg_pool_backward_fast``.
+
+    Explained in the chapter "The pooling layer" (book/pooling.md), section "Fast pooling".
+    """
+    # ---- book/pooling.md:656 ----
     x, PH, PW, S, H_out, W_out = _pool_check_input("avg_pool_forward_fast", x, pool_param)
     views = _pool_views(np.ascontiguousarray(x), PH, PW, S, H_out, W_out)
     out = views[0].copy()
@@ -186,7 +210,11 @@ def avg_pool_backward_fast(dout, cache):
     """Backward pass of average pooling; exactly the result of ``avg_pool_backward_naive``
     (the share dout / (PH * PW), added where windows overlap in the naive loop's order). dx has
     the shape and dtype of x; check dout with ``_pool_check_dout`` (ValueError for a wrong
-    shape)."""
+    shape).
+
+    Explained in the chapter "The pooling layer" (book/pooling.md), section "Fast pooling".
+    """
+    # ---- book/pooling.md:671 ----
     shape, dtype, PH, PW, S = cache
     H, W = shape[2:]
     H_out, W_out = 1 + (H - PH) // S, 1 + (W - PW) // S
@@ -196,21 +224,3 @@ def avg_pool_backward_fast(dout, cache):
     for dx_view in reversed(_pool_views(dx, PH, PW, S, H_out, W_out)):  # the naive loop's order
         dx_view += share
     return dx
-
-
-# ---- where the book explains each definition (tools/tangle.py) ----
-_EXPLAINED_IN = {
-    'im2col': 'the chapter "The convolutional layer" (book/convolution.md), section "Fast layers"',
-    'col2im': 'the chapter "The convolutional layer" (book/convolution.md), section "Fast layers"',
-    'conv_forward_fast': 'the chapter "The convolutional layer" (book/convolution.md), section "Fast layers"',
-    'conv_backward_fast': 'the chapter "The convolutional layer" (book/convolution.md), section "Fast layers"',
-    'max_pool_forward_fast': 'the chapter "The pooling layer" (book/pooling.md), section "Fast pooling"',
-    'max_pool_backward_fast': 'the chapter "The pooling layer" (book/pooling.md), section "Fast pooling"',
-    'avg_pool_forward_fast': 'the chapter "The pooling layer" (book/pooling.md), section "Fast pooling"',
-    'avg_pool_backward_fast': 'the chapter "The pooling layer" (book/pooling.md), section "Fast pooling"',
-}
-for _name, _where in _EXPLAINED_IN.items():
-    # after the docstring's first paragraph, so that help() shows it at the top
-    _head, _, _rest = (globals()[_name].__doc__ or "").partition("\n\n")
-    globals()[_name].__doc__ = f"{_head.rstrip()}\n\n    Explained in {_where}.\n\n{_rest}"
-del _name, _where, _head, _rest

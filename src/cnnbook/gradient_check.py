@@ -69,6 +69,8 @@ import numpy as np
 def eval_numerical_gradient(f, x, verbose=True, h=1e-5):
     """Numerical gradient of a scalar function ``f`` at ``x`` by centred differences.
 
+    Explained in the chapter "Layers and gradient checking" (book/gradient_checking.md), section "Numerical gradients".
+
     Parameters
     ----------
     f : callable
@@ -92,6 +94,7 @@ def eval_numerical_gradient(f, x, verbose=True, h=1e-5):
         Through the helpers above: ``_check_float_array`` (x not a float ndarray),
         ``_check_step`` (h) and ``_as_scalar`` (f's value not a scalar).
     """
+    # ---- book/gradient_checking.md:268 ----
     _check_float_array("eval_numerical_gradient", x)
     _check_step("eval_numerical_gradient", h)
     grad = np.zeros_like(x)
@@ -117,6 +120,8 @@ import numpy as np
 def rel_error(x, y):
     """Largest elementwise relative error between two arrays of the same shape.
 
+    Explained in the chapter "Layers and gradient checking" (book/gradient_checking.md), section "Relative error".
+
     Parameters
     ----------
     x, y : array_like of the same shape (scalars allowed)
@@ -127,6 +132,7 @@ def rel_error(x, y):
         ``max_i |x_i - y_i| / max(1e-8, |x_i| + |y_i|)``, computed in float64
         (0.0 for empty arrays).
     """
+    # ---- book/gradient_checking.md:350 ----
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
     if x.shape != y.shape:
@@ -145,6 +151,8 @@ import numpy as np
 
 def eval_numerical_gradient_array(f, x, df, h=1e-5):
     """Numerical gradient of ``sum(f(x) * df)`` for an array-valued ``f``, by centred differences.
+
+    Explained in the chapter "Layers and gradient checking" (book/gradient_checking.md), section "Checking a layer's backward pass".
 
     This is what a layer's backward pass computes when it is given ``dout = df``.
 
@@ -172,6 +180,7 @@ def eval_numerical_gradient_array(f, x, df, h=1e-5):
     Copy ``f(x)`` before perturbing ``x`` again: ``f`` may return a view of ``x`` (dropout in
     test mode returns ``x`` itself), which the next perturbation would overwrite.
     """
+    # ---- book/gradient_checking.md:464 ----
     _check_float_array("eval_numerical_gradient_array", x)
     _check_step("eval_numerical_gradient_array", h)
     df = np.asarray(df)
@@ -197,6 +206,8 @@ import numpy as np
 def grad_check_sparse(f, x, analytic_grad, num_checks=10, h=1e-5, seed=None):
     """Compare ``analytic_grad`` with centred differences of ``f`` at a few random coordinates.
 
+    Explained in the chapter "Layers and gradient checking" (book/gradient_checking.md), section "Checking a few coordinates".
+
     Parameters
     ----------
     f : callable, ``f(x) -> scalar``.
@@ -211,6 +222,7 @@ def grad_check_sparse(f, x, analytic_grad, num_checks=10, h=1e-5, seed=None):
     rel_errors : ndarray of shape ``(num_checks,)``, the relative error at each checked
         coordinate; each is also printed.
     """
+    # ---- book/gradient_checking.md:567 ----
     num_checks = _check_sparse_args(x, analytic_grad, h, num_checks)
     analytic_grad = np.asarray(analytic_grad)
     rng = np.random.default_rng(seed)
@@ -231,17 +243,3 @@ def grad_check_sparse(f, x, analytic_grad, num_checks=10, h=1e-5, seed=None):
         print(f"numerical: {grad_numerical:.6g} analytic: {grad_analytic:.6g}, "
               f"relative error: {rel_errors[i]:.1e}")
     return rel_errors
-
-
-# ---- where the book explains each definition (tools/tangle.py) ----
-_EXPLAINED_IN = {
-    'eval_numerical_gradient': 'the chapter "Layers and gradient checking" (book/gradient_checking.md), section "Numerical gradients"',
-    'rel_error': 'the chapter "Layers and gradient checking" (book/gradient_checking.md), section "Relative error"',
-    'eval_numerical_gradient_array': 'the chapter "Layers and gradient checking" (book/gradient_checking.md), section "Checking a layer\'s backward pass"',
-    'grad_check_sparse': 'the chapter "Layers and gradient checking" (book/gradient_checking.md), section "Checking a few coordinates"',
-}
-for _name, _where in _EXPLAINED_IN.items():
-    # after the docstring's first paragraph, so that help() shows it at the top
-    _head, _, _rest = (globals()[_name].__doc__ or "").partition("\n\n")
-    globals()[_name].__doc__ = f"{_head.rstrip()}\n\n    Explained in {_where}.\n\n{_rest}"
-del _name, _where, _head, _rest

@@ -10,6 +10,8 @@ from cnnbook.layers import affine_backward, affine_forward, relu_backward, relu_
 def affine_relu_forward(x, w, b):
     """An affine layer followed by a ReLU.
 
+    Explained in the chapter "Fully-connected layers" (book/fc_layers.md), section "Sandwich layers".
+
     Parameters
     ----------
     x : ndarray of shape (N, d_1, ..., d_k)
@@ -21,6 +23,7 @@ def affine_relu_forward(x, w, b):
     out : ndarray of shape (N, M)
     cache : (affine cache, relu cache), for ``affine_relu_backward``.
     """
+    # ---- book/fc_layers.md:462 ----
     a, fc_cache = affine_forward(x, w, b)
     out, relu_cache = relu_forward(a)
     return out, (fc_cache, relu_cache)
@@ -28,6 +31,8 @@ def affine_relu_forward(x, w, b):
 
 def affine_relu_backward(dout, cache):
     """Backward pass of the affine-ReLU sandwich.
+
+    Explained in the chapter "Fully-connected layers" (book/fc_layers.md), section "Sandwich layers".
 
     Parameters
     ----------
@@ -40,6 +45,7 @@ def affine_relu_backward(dout, cache):
     dw : ndarray of shape (D, M)
     db : ndarray of shape (M,)
     """
+    # ---- book/fc_layers.md:481 ----
     fc_cache, relu_cache = cache
     da = relu_backward(dout, relu_cache)
     return affine_backward(da, fc_cache)
@@ -53,14 +59,22 @@ from cnnbook.layers import relu_backward, relu_forward
 
 def conv_relu_forward(x, w, b, conv_param):
     """A convolution followed by a ReLU. x : (N, C, H, W); w : (F, C, HH, WW); b : (F,);
-    conv_param : {'stride', 'pad'}. Returns out (N, F, H_out, W_out) and the cache."""
+    conv_param : {'stride', 'pad'}. Returns out (N, F, H_out, W_out) and the cache.
+
+    Explained in the chapter "A three-layer ConvNet" (book/convnet.md), section "Sandwich layers".
+    """
+    # ---- book/convnet.md:68 ----
     a, conv_cache = conv_forward_fast(x, w, b, conv_param)
     out, relu_cache = relu_forward(a)
     return out, (conv_cache, relu_cache)
 
 
 def conv_relu_backward(dout, cache):
-    """Backward pass of ``conv_relu_forward``: returns dx, dw, db."""
+    """Backward pass of ``conv_relu_forward``: returns dx, dw, db.
+
+    Explained in the chapter "A three-layer ConvNet" (book/convnet.md), section "Sandwich layers".
+    """
+    # ---- book/convnet.md:75 ----
     conv_cache, relu_cache = cache
     da = relu_backward(dout, relu_cache)
     return conv_backward_fast(da, conv_cache)
@@ -68,7 +82,11 @@ def conv_relu_backward(dout, cache):
 
 def conv_relu_pool_forward(x, w, b, conv_param, pool_param):
     """A convolution, a ReLU and a max pooling layer. Arguments as for ``conv_relu_forward``, and
-    pool_param : {'pool_height', 'pool_width', 'stride'}. Returns the pooled output, cache."""
+    pool_param : {'pool_height', 'pool_width', 'stride'}. Returns the pooled output, cache.
+
+    Explained in the chapter "A three-layer ConvNet" (book/convnet.md), section "Sandwich layers".
+    """
+    # ---- book/convnet.md:83 ----
     a, conv_cache = conv_forward_fast(x, w, b, conv_param)
     s, relu_cache = relu_forward(a)
     out, pool_cache = max_pool_forward_fast(s, pool_param)
@@ -76,7 +94,11 @@ def conv_relu_pool_forward(x, w, b, conv_param, pool_param):
 
 
 def conv_relu_pool_backward(dout, cache):
-    """Backward pass of ``conv_relu_pool_forward``: returns dx, dw, db."""
+    """Backward pass of ``conv_relu_pool_forward``: returns dx, dw, db.
+
+    Explained in the chapter "A three-layer ConvNet" (book/convnet.md), section "Sandwich layers".
+    """
+    # ---- book/convnet.md:91 ----
     conv_cache, relu_cache, pool_cache = cache
     ds = max_pool_backward_fast(dout, pool_cache)
     da = relu_backward(ds, relu_cache)
@@ -91,7 +113,11 @@ from cnnbook.layers import (relu_backward, relu_forward, spatial_batchnorm_backw
 
 def conv_bn_relu_forward(x, w, b, gamma, beta, conv_param, bn_param):
     """A convolution, spatial batch normalization and a ReLU. gamma, beta : (F,), one per filter;
-    bn_param as for ``spatial_batchnorm_forward``. Returns out (N, F, H_out, W_out), cache."""
+    bn_param as for ``spatial_batchnorm_forward``. Returns out (N, F, H_out, W_out), cache.
+
+    Explained in the chapter "A three-layer ConvNet" (book/convnet.md), section "Sandwich layers".
+    """
+    # ---- book/convnet.md:112 ----
     a, conv_cache = conv_forward_fast(x, w, b, conv_param)
     an, bn_cache = spatial_batchnorm_forward(a, gamma, beta, bn_param)
     out, relu_cache = relu_forward(an)
@@ -99,27 +125,13 @@ def conv_bn_relu_forward(x, w, b, gamma, beta, conv_param, bn_param):
 
 
 def conv_bn_relu_backward(dout, cache):
-    """Backward pass of ``conv_bn_relu_forward``: returns dx, dw, db, dgamma, dbeta."""
+    """Backward pass of ``conv_bn_relu_forward``: returns dx, dw, db, dgamma, dbeta.
+
+    Explained in the chapter "A three-layer ConvNet" (book/convnet.md), section "Sandwich layers".
+    """
+    # ---- book/convnet.md:120 ----
     conv_cache, bn_cache, relu_cache = cache
     dan = relu_backward(dout, relu_cache)
     da, dgamma, dbeta = spatial_batchnorm_backward(dan, bn_cache)
     dx, dw, db = conv_backward_fast(da, conv_cache)
     return dx, dw, db, dgamma, dbeta
-
-
-# ---- where the book explains each definition (tools/tangle.py) ----
-_EXPLAINED_IN = {
-    'affine_relu_forward': 'the chapter "Fully-connected layers" (book/fc_layers.md), section "Sandwich layers"',
-    'affine_relu_backward': 'the chapter "Fully-connected layers" (book/fc_layers.md), section "Sandwich layers"',
-    'conv_relu_forward': 'the chapter "A three-layer ConvNet" (book/convnet.md), section "Sandwich layers"',
-    'conv_relu_backward': 'the chapter "A three-layer ConvNet" (book/convnet.md), section "Sandwich layers"',
-    'conv_relu_pool_forward': 'the chapter "A three-layer ConvNet" (book/convnet.md), section "Sandwich layers"',
-    'conv_relu_pool_backward': 'the chapter "A three-layer ConvNet" (book/convnet.md), section "Sandwich layers"',
-    'conv_bn_relu_forward': 'the chapter "A three-layer ConvNet" (book/convnet.md), section "Sandwich layers"',
-    'conv_bn_relu_backward': 'the chapter "A three-layer ConvNet" (book/convnet.md), section "Sandwich layers"',
-}
-for _name, _where in _EXPLAINED_IN.items():
-    # after the docstring's first paragraph, so that help() shows it at the top
-    _head, _, _rest = (globals()[_name].__doc__ or "").partition("\n\n")
-    globals()[_name].__doc__ = f"{_head.rstrip()}\n\n    Explained in {_where}.\n\n{_rest}"
-del _name, _where, _head, _rest

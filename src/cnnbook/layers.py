@@ -40,6 +40,8 @@ import numpy as np
 def affine_forward(x, w, b):
     """Forward pass of an affine (fully-connected) layer: ``out = x.reshape(N, D) @ w + b``.
 
+    Explained in the chapter "Fully-connected layers" (book/fc_layers.md), section "The affine layer".
+
     Parameters
     ----------
     x : ndarray of shape (N, d_1, ..., d_k)
@@ -61,6 +63,7 @@ def affine_forward(x, w, b):
         w.shape[0] features, b not of shape (M,)), raised by ``_check_affine_args(x, w, b)``,
         which otherwise returns ``x, w, b, N, D, M``.
     """
+    # ---- book/fc_layers.md:145 ----
     x, w, b, N, D, M = _check_affine_args(x, w, b)
     out = x.reshape(N, D) @ w + b
     cache = (x, w, b)
@@ -73,6 +76,8 @@ import numpy as np
 
 def affine_backward(dout, cache):
     """Backward pass of an affine layer.
+
+    Explained in the chapter "Fully-connected layers" (book/fc_layers.md), section "The affine layer".
 
     Parameters
     ----------
@@ -93,6 +98,7 @@ def affine_backward(dout, cache):
         If dout does not have the shape (N, M) of the forward output; the message names both
         shapes.
     """
+    # ---- book/fc_layers.md:179 ----
     x, w, b = cache
     N, (D, M) = x.shape[0], w.shape
     dout = np.asarray(dout)
@@ -114,6 +120,8 @@ import numpy as np
 def relu_forward(x):
     """Forward pass of a rectified linear unit, elementwise ``max(0, x)``.
 
+    Explained in the chapter "Fully-connected layers" (book/fc_layers.md), section "ReLU".
+
     Parameters
     ----------
     x : ndarray of any shape
@@ -123,6 +131,7 @@ def relu_forward(x):
     out : ndarray of the same shape as x
     cache : x, for ``relu_backward``.
     """
+    # ---- book/fc_layers.md:313 ----
     x = np.asarray(x)
     out = np.maximum(0, x)
     cache = x
@@ -135,6 +144,8 @@ import numpy as np
 
 def relu_backward(dout, cache):
     """Backward pass of a ReLU: pass ``dout`` where the input was positive, 0 elsewhere.
+
+    Explained in the chapter "Fully-connected layers" (book/fc_layers.md), section "ReLU".
 
     Parameters
     ----------
@@ -150,6 +161,7 @@ def relu_backward(dout, cache):
     ValueError
         If dout does not have the shape of x; the message names both shapes.
     """
+    # ---- book/fc_layers.md:342 ----
     x = cache
     dout = np.asarray(dout)
     if dout.shape != x.shape:
@@ -196,6 +208,8 @@ import numpy as np
 def svm_loss(x, y):
     """Multiclass SVM (hinge) loss with margin 1, averaged over the batch.
 
+    Explained in the chapter "Fully-connected layers" (book/fc_layers.md), section "Loss layers".
+
     Parameters
     ----------
     x : ndarray of shape (N, C)
@@ -215,6 +229,7 @@ def svm_loss(x, y):
         ``x, y = _check_scores_labels("svm_loss", x, y)``, which casts integer scores to
         float64.
     """
+    # ---- book/fc_layers.md:634 ----
     x, y = _check_scores_labels("svm_loss", x, y)
     N = x.shape[0]
     rows = np.arange(N)
@@ -236,6 +251,8 @@ import numpy as np
 def softmax_loss(x, y):
     """Softmax (cross-entropy) loss, averaged over the batch; numerically stable.
 
+    Explained in the chapter "Fully-connected layers" (book/fc_layers.md), section "Loss layers".
+
     Parameters
     ----------
     x : ndarray of shape (N, C)
@@ -255,6 +272,7 @@ def softmax_loss(x, y):
         ``x, y = _check_scores_labels("softmax_loss", x, y)``, which casts integer scores to
         float64.
     """
+    # ---- book/fc_layers.md:676 ----
     x, y = _check_scores_labels("softmax_loss", x, y)
     N = x.shape[0]
     rows = np.arange(N)
@@ -350,6 +368,8 @@ import numpy as np
 def batchnorm_forward(x, gamma, beta, bn_param):
     """Batch normalization of x (N, D) with scale gamma (D,) and shift beta (D,).
 
+    Explained in the chapter "Normalization" (book/normalization.md), section "The forward pass".
+
     bn_param: 'mode' ('train' or 'test', required), 'eps' (default 1e-5), 'momentum' (default 0.9),
     'running_mean' and 'running_var' ((D,) arrays, zeros of x's dtype when absent; the updated
     averages are stored back). Train mode normalises each feature with the batch mean and biased
@@ -363,6 +383,7 @@ def batchnorm_forward(x, gamma, beta, bn_param):
     cache['inv_std']. In train mode the cache also holds 'xc' (x - mean, (N, D)) and 'std'
     (sqrt(var + eps), (D,)), which ``batchnorm_backward`` differentiates through.
     """
+    # ---- book/normalization.md:302 ----
     x, gamma, beta, param = _bn_inputs("batchnorm_forward", x, gamma, beta, bn_param)
     mode, eps, momentum, running_mean, running_var = param
     if mode == "train":
@@ -393,12 +414,15 @@ import numpy as np
 def batchnorm_backward(dout, cache):
     """Backward pass of batch normalization, step by step through the computational graph.
 
+    Explained in the chapter "Normalization" (book/normalization.md), section "The backward pass, through the computational graph".
+
     dout (N, D) is the upstream gradient, cache comes from ``batchnorm_forward``; check dout with
     ``_norm_check_dout`` (ValueError unless its shape is that of cache['xhat']). If the cache
     comes from test mode (cache['mode'] == 'test'), the layer is a fixed affine map and
     ``dx = gamma * inv_std * dout``. Returns dx (N, D), dgamma (D,), dbeta (D,) (float32 stays
     float32).
     """
+    # ---- book/normalization.md:534 ----
     xhat, gamma, inv_std = cache["xhat"], cache["gamma"], cache["inv_std"]
     dout = _norm_check_dout("batchnorm_backward", dout, xhat.shape)
     N = dout.shape[0]
@@ -435,12 +459,15 @@ def batchnorm_backward_alt(dout, cache):
     """Backward pass of batch normalization in closed form, with inv_std = 1 / sqrt(var + eps):
     ``dx = gamma * inv_std * (dout - dbeta / N - xhat * dgamma / N)``.
 
+    Explained in the chapter "Normalization" (book/normalization.md), section "The backward pass in closed form".
+
     dout (N, D) is the upstream gradient, cache comes from ``batchnorm_forward``; check dout with
     ``_norm_check_dout`` (ValueError unless its shape is that of cache['xhat']). If the cache
     comes from test mode (cache['mode'] == 'test'), the layer is a fixed affine map and
     ``dx = gamma * inv_std * dout``. Returns dx (N, D), dgamma (D,), dbeta (D,) (float32 stays
     float32).
     """
+    # ---- book/normalization.md:677 ----
     xhat, gamma, inv_std = cache["xhat"], cache["gamma"], cache["inv_std"]
     dout = _norm_check_dout("batchnorm_backward_alt", dout, xhat.shape)
     N = dout.shape[0]
@@ -462,7 +489,10 @@ def spatial_batchnorm_forward(x, gamma, beta, bn_param):
     shape (C,). Validate with ``_norm_check_x``, ``_norm_check_scale_shift`` and
     ``_norm_bn_param`` (bad input raises ValueError naming this function). Returns out
     (N, C, H, W), of x's dtype, and a cache for ``spatial_batchnorm_backward``.
+
+    Explained in the chapter "Normalization" (book/normalization.md), section "Spatial batch normalization".
     """
+    # ---- book/normalization.md:795 ----
     name = "spatial_batchnorm_forward"
     x = _norm_check_x(name, x, "(N, C, H, W)")
     N, C, H, W = x.shape
@@ -478,7 +508,10 @@ def spatial_batchnorm_backward(dout, cache):
     """Backward pass of spatial batch normalization: dout (N, C, H, W), the upstream gradient,
     and the cache of ``spatial_batchnorm_forward``. Check dout with ``_norm_check_dout``
     (ValueError for a wrong shape). Returns dx (N, C, H, W), dgamma and dbeta (C,).
+
+    Explained in the chapter "Normalization" (book/normalization.md), section "Spatial batch normalization".
     """
+    # ---- book/normalization.md:811 ----
     bn_cache, shape = cache
     dout = _norm_check_dout("spatial_batchnorm_backward", dout, shape)
     N, C, H, W = shape
@@ -496,10 +529,13 @@ def standardize(x, axis, eps):
     """Standardise x over one axis: subtract its mean over ``axis`` and divide by
     ``sqrt(var + eps)``, with var the biased variance over ``axis``.
 
+    Explained in the chapter "Normalization" (book/normalization.md), section "Layer normalization".
+
     x: float array of any shape; axis: int; eps: float > 0 (validated by the caller).
     Returns (xhat, inv_std): xhat of x's shape and dtype, and ``inv_std = 1 / sqrt(var + eps)``
     of x's shape with ``axis`` of length 1 (keepdims), so that ``xhat = (x - mean) * inv_std``.
     """
+    # ---- book/normalization.md:913 ----
     mean = x.mean(axis=axis, keepdims=True)
     xc = x - mean
     inv_std = 1.0 / np.sqrt((xc * xc).mean(axis=axis, keepdims=True) + eps)
@@ -510,11 +546,14 @@ def standardize_backward(dxhat, xhat, inv_std, axis):
     """Backward pass of ``standardize`` over ``axis``: the gradient with respect to x, given
     dxhat, the upstream gradient with respect to xhat.
 
+    Explained in the chapter "Normalization" (book/normalization.md), section "Layer normalization".
+
     dxhat, xhat: arrays of one shape; inv_std: as returned by ``standardize`` (xhat's shape with
     ``axis`` of length 1); axis: int. Returns dx of xhat's shape (float32 stays float32), in
     closed form: ``dx = inv_std * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))``, with the
     means over ``axis``.
     """
+    # ---- book/normalization.md:928 ----
     mean_dxhat = dxhat.mean(axis=axis, keepdims=True)
     return inv_std * (dxhat - mean_dxhat - xhat * (dxhat * xhat).mean(axis=axis, keepdims=True))
 
@@ -530,7 +569,10 @@ def layernorm_forward(x, gamma, beta, ln_param):
     ``_norm_check_scale_shift`` and ``_norm_eps`` (bad input raises ValueError), then standardise
     with ``standardize``. Returns out (N, D), of x's dtype, and a cache for
     ``layernorm_backward``.
+
+    Explained in the chapter "Normalization" (book/normalization.md), section "Layer normalization".
     """
+    # ---- book/normalization.md:985 ----
     name = "layernorm_forward"
     x = _norm_check_x(name, x, "(N, D)")
     gamma, beta = _norm_check_scale_shift(name, gamma, beta, (x.shape[1],), x.shape)
@@ -544,7 +586,10 @@ def layernorm_backward(dout, cache):
     """Backward pass of layer normalization: dout (N, D), the upstream gradient, and the cache of
     ``layernorm_forward``. Check dout with ``_norm_check_dout`` (ValueError for a wrong shape);
     dx comes from ``standardize_backward``. Returns dx (N, D), dgamma (D,), dbeta (D,).
+
+    Explained in the chapter "Normalization" (book/normalization.md), section "Layer normalization".
     """
+    # ---- book/normalization.md:999 ----
     xhat, gamma, inv_std = cache["xhat"], cache["gamma"], cache["inv_std"]
     dout = _norm_check_dout("layernorm_backward", dout, xhat.shape)
     dbeta = dout.sum(axis=0)
@@ -577,7 +622,10 @@ def spatial_groupnorm_forward(x, gamma, beta, G, gn_param):
     ``_norm_check_groups`` (G must divide C), ``_norm_check_scale_shift`` and ``_norm_eps`` (bad
     input raises ValueError). Returns out (N, C, H, W), of x's dtype, and a cache for
     ``spatial_groupnorm_backward``.
+
+    Explained in the chapter "Normalization" (book/normalization.md), section "Group normalization".
     """
+    # ---- book/normalization.md:1083 ----
     name = "spatial_groupnorm_forward"
     x = _norm_check_x(name, x, "(N, C, H, W)")
     N, C, H, W = x.shape
@@ -594,7 +642,10 @@ def spatial_groupnorm_backward(dout, cache):
     """Backward pass of group normalization: dout (N, C, H, W), the upstream gradient, and the
     cache of ``spatial_groupnorm_forward``. Check dout with ``_norm_check_dout`` (ValueError for
     a wrong shape). Returns dx (N, C, H, W), dgamma and dbeta (1, C, 1, 1).
+
+    Explained in the chapter "Normalization" (book/normalization.md), section "Group normalization".
     """
+    # ---- book/normalization.md:1100 ----
     xhat, gamma, inv_std, G = cache["xhat"], cache["gamma"], cache["inv_std"], cache["G"]
     dout = _norm_check_dout("spatial_groupnorm_backward", dout, xhat.shape)
     N = dout.shape[0]
@@ -647,6 +698,8 @@ def _dropout_check_dout(dout, mask):
 def dropout_forward(x, dropout_param):
     """Forward pass of (inverted) dropout.
 
+    Explained in the chapter "Dropout" (book/dropout.md), section "The layer".
+
     Parameters
     ----------
     x : ndarray of any shape
@@ -665,6 +718,7 @@ def dropout_forward(x, dropout_param):
         ``E[out] = x``; in test mode ``out = x``.
     cache : (copy of dropout_param, mask), for ``dropout_backward``; mask is None in test mode.
     """
+    # ---- book/dropout.md:231 ----
     p, mode, seed = _dropout_check_param("dropout_forward", dropout_param)
     x = np.asarray(x)
     if not np.issubdtype(x.dtype, np.floating):
@@ -687,6 +741,8 @@ def dropout_forward(x, dropout_param):
 def dropout_backward(dout, cache):
     """Backward pass of (inverted) dropout.
 
+    Explained in the chapter "Dropout" (book/dropout.md), section "The layer".
+
     Parameters
     ----------
     dout : ndarray, upstream gradient of the shape of the forward input x
@@ -696,6 +752,7 @@ def dropout_backward(dout, cache):
     -------
     dx : ndarray of the shape of x: ``dout * mask`` in train mode, ``dout`` in test mode.
     """
+    # ---- book/dropout.md:271 ----
     dropout_param, mask = cache
     if dropout_param["mode"] == "test":
         return np.asarray(dout)
@@ -710,6 +767,8 @@ import numbers
 def conv_output_size(size, field, stride=1, pad=0, name="conv_output_size", what="filter",
                      rounding="exact"):
     """Output size ``(W - F + 2P)/S + 1`` of a window of size F sliding over an input of size W.
+
+    Explained in the chapter "The convolutional layer" (book/convolution.md), section "Depth, stride and zero padding".
 
     Parameters
     ----------
@@ -733,6 +792,7 @@ def conv_output_size(size, field, stride=1, pad=0, name="conv_output_size", what
         larger than the padded input, or (rounding "exact") when the windows do not tile the
         padded input.
     """
+    # ---- book/convolution.md:134 ----
     if rounding not in ("exact", "floor"):
         raise ValueError(f"{name}: rounding must be 'exact' or 'floor', got {rounding!r}")
     for label, value, low in (("input size W", size, 1), (f"{what} size F", field, 1),
@@ -820,6 +880,8 @@ import numpy as np
 def conv_forward_naive(x, w, b, conv_param):
     """Forward pass of a convolutional layer, with loops over examples and output positions.
 
+    Explained in the chapter "The convolutional layer" (book/convolution.md), section "The naive layer".
+
     x : (N, C, H, W); w : (F, C, HH, WW); b : (F,); conv_param : {'stride': S, 'pad': P},
     optionally 'rounding': "exact" (default; the windows must tile the padded input) or "floor".
     Returns out of shape (N, F, H_out, W_out), H_out = (H - HH + 2P)/S + 1 (same for W; rounded
@@ -829,6 +891,7 @@ def conv_forward_naive(x, w, b, conv_param):
     for every bad argument and returns x, w, b cast to one float dtype (out's dtype too), S, P,
     H_out, W_out.
     """
+    # ---- book/convolution.md:640 ----
     x, w, b, S, P, H_out, W_out = _conv_check("conv_forward_naive", x, w, b, conv_param)
     N, F, (_, C, HH, WW) = x.shape[0], w.shape[0], w.shape
     x_pad = np.pad(x, ((0, 0), (0, 0), (P, P), (P, P)))
@@ -849,12 +912,15 @@ import numpy as np
 def conv_backward_naive(dout, cache):
     """Backward pass of ``conv_forward_naive``.
 
+    Explained in the chapter "The convolutional layer" (book/convolution.md), section "The naive layer".
+
     dout : (N, F, H_out, W_out); cache : (x, w, b, conv_param) from ``conv_forward_naive``.
     Returns dx of shape (N, C, H, W), dw of shape (F, C, HH, WW) and db of shape (F,), in x's
     dtype; in floor mode, the rows and columns of x after the last window get zero gradient.
     Check dout with ``_conv_check_dout("conv_backward_naive", dout, shape, x.dtype)``
     (ValueError if dout's shape is not the forward output's).
     """
+    # ---- book/convolution.md:674 ----
     x, w, b, conv_param = cache
     (N, C, H, W), (F, _, HH, WW) = x.shape, w.shape
     S, P = conv_param["stride"], conv_param["pad"]
@@ -931,6 +997,8 @@ import numpy as np
 def max_pool_forward_naive(x, pool_param):
     """Forward pass of max pooling, one window position at a time.
 
+    Explained in the chapter "The pooling layer" (book/pooling.md), section "Max pooling, one window at a time".
+
     Parameters
     ----------
     x : ndarray of shape (N, C, H, W)
@@ -946,6 +1014,7 @@ def max_pool_forward_naive(x, pool_param):
     out : ndarray of shape (N, C, H_out, W_out), of x's dtype
     cache : (x, PH, PW, S), with x as returned by the check, for ``max_pool_backward_naive``
     """
+    # ---- book/pooling.md:240 ----
     x, PH, PW, S, H_out, W_out = _pool_check_input("max_pool_forward_naive", x, pool_param)
     N, C = x.shape[:2]
     out = np.empty((N, C, H_out, W_out), dtype=x.dtype)
@@ -964,6 +1033,8 @@ import numpy as np
 def max_pool_backward_naive(dout, cache):
     """Backward pass of max pooling, one window position at a time.
 
+    Explained in the chapter "The pooling layer" (book/pooling.md), section "The backward pass routes the gradient to the maximum".
+
     Each dout[n, c, i, j] goes to the maximum of its window; if several inputs of the window are
     equal to the maximum, to the first of them in row-major order (as ``np.argmax`` of the
     flattened window). Inputs that win several overlapping windows get the sum of their gradients.
@@ -981,6 +1052,7 @@ def max_pool_backward_naive(dout, cache):
     -------
     dx : ndarray of the shape and dtype of x
     """
+    # ---- book/pooling.md:336 ----
     x, PH, PW, S = cache
     N, C, H, W = x.shape
     H_out, W_out = 1 + (H - PH) // S, 1 + (W - PW) // S
@@ -1003,12 +1075,15 @@ import numpy as np
 def avg_pool_forward_naive(x, pool_param):
     """Forward pass of average pooling, one window position at a time.
 
+    Explained in the chapter "The pooling layer" (book/pooling.md), section "Average pooling".
+
     Parameters, returns and checks as for ``max_pool_forward_naive`` (start with
     ``_pool_check_input("avg_pool_forward_naive", x, pool_param)``, ValueError for bad input):
     x of shape (N, C, H, W), pool_param with 'pool_height', 'pool_width' and 'stride'; out of
     shape (N, C, H_out, W_out) and x's dtype holds the mean of each window;
     cache = (x, PH, PW, S), for ``avg_pool_backward_naive``.
     """
+    # ---- book/pooling.md:470 ----
     x, PH, PW, S, H_out, W_out = _pool_check_input("avg_pool_forward_naive", x, pool_param)
     N, C = x.shape[:2]
     out = np.empty((N, C, H_out, W_out), dtype=x.dtype)
@@ -1022,12 +1097,15 @@ def avg_pool_forward_naive(x, pool_param):
 def avg_pool_backward_naive(dout, cache):
     """Backward pass of average pooling: every input of a window gets dout / (PH * PW).
 
+    Explained in the chapter "The pooling layer" (book/pooling.md), section "Average pooling".
+
     dout : (N, C, H_out, W_out); cache from ``avg_pool_forward_naive``. Returns dx of the shape
     and dtype of x. Check dout with ``_pool_check_dout`` (ValueError for a wrong shape). Divide
     (``dout / (PH * PW)``, not a product with 1/(PH*PW)), visit the windows in row-major order
     (i outer, j inner) and add each window's share into dx (``+=``): the fast version matches
     this to the bit, and the chapter checks it.
     """
+    # ---- book/pooling.md:489 ----
     x, PH, PW, S = cache
     N, C, H, W = x.shape
     H_out, W_out = 1 + (H - PH) // S, 1 + (W - PW) // S
@@ -1047,10 +1125,13 @@ import numpy as np
 def softmax_loss_smooth(x, y, smoothing=0.0):
     """Softmax loss against targets smoothed by ``smoothing`` (0 gives ``softmax_loss``).
 
+    Explained in the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "The network".
+
     x : (N, C) scores; y : (N,) labels in [0, C); smoothing in [0, 1): the target is
     (1 - smoothing) on the label plus smoothing / C on every class.
     Returns the loss (averaged over the batch) and dx (N, C).
     """
+    # ---- book/fast_training.md:840 ----
     x, y = _check_scores_labels("softmax_loss_smooth", x, y)
     if not 0 <= smoothing < 1:
         raise ValueError(f"softmax_loss_smooth: smoothing must be in [0, 1), got {smoothing}")
@@ -1061,40 +1142,3 @@ def softmax_loss_smooth(x, y, smoothing=0.0):
     target[np.arange(N), y] += 1 - smoothing
     loss = -(target * log_probs).sum() / N
     return loss, (np.exp(log_probs) - target) / N
-
-
-# ---- where the book explains each definition (tools/tangle.py) ----
-_EXPLAINED_IN = {
-    'affine_forward': 'the chapter "Fully-connected layers" (book/fc_layers.md), section "The affine layer"',
-    'affine_backward': 'the chapter "Fully-connected layers" (book/fc_layers.md), section "The affine layer"',
-    'relu_forward': 'the chapter "Fully-connected layers" (book/fc_layers.md), section "ReLU"',
-    'relu_backward': 'the chapter "Fully-connected layers" (book/fc_layers.md), section "ReLU"',
-    'svm_loss': 'the chapter "Fully-connected layers" (book/fc_layers.md), section "Loss layers"',
-    'softmax_loss': 'the chapter "Fully-connected layers" (book/fc_layers.md), section "Loss layers"',
-    'batchnorm_forward': 'the chapter "Normalization" (book/normalization.md), section "The forward pass"',
-    'batchnorm_backward': 'the chapter "Normalization" (book/normalization.md), section "The backward pass, through the computational graph"',
-    'batchnorm_backward_alt': 'the chapter "Normalization" (book/normalization.md), section "The backward pass in closed form"',
-    'spatial_batchnorm_forward': 'the chapter "Normalization" (book/normalization.md), section "Spatial batch normalization"',
-    'spatial_batchnorm_backward': 'the chapter "Normalization" (book/normalization.md), section "Spatial batch normalization"',
-    'standardize': 'the chapter "Normalization" (book/normalization.md), section "Layer normalization"',
-    'standardize_backward': 'the chapter "Normalization" (book/normalization.md), section "Layer normalization"',
-    'layernorm_forward': 'the chapter "Normalization" (book/normalization.md), section "Layer normalization"',
-    'layernorm_backward': 'the chapter "Normalization" (book/normalization.md), section "Layer normalization"',
-    'spatial_groupnorm_forward': 'the chapter "Normalization" (book/normalization.md), section "Group normalization"',
-    'spatial_groupnorm_backward': 'the chapter "Normalization" (book/normalization.md), section "Group normalization"',
-    'dropout_forward': 'the chapter "Dropout" (book/dropout.md), section "The layer"',
-    'dropout_backward': 'the chapter "Dropout" (book/dropout.md), section "The layer"',
-    'conv_output_size': 'the chapter "The convolutional layer" (book/convolution.md), section "Depth, stride and zero padding"',
-    'conv_forward_naive': 'the chapter "The convolutional layer" (book/convolution.md), section "The naive layer"',
-    'conv_backward_naive': 'the chapter "The convolutional layer" (book/convolution.md), section "The naive layer"',
-    'max_pool_forward_naive': 'the chapter "The pooling layer" (book/pooling.md), section "Max pooling, one window at a time"',
-    'max_pool_backward_naive': 'the chapter "The pooling layer" (book/pooling.md), section "The backward pass routes the gradient to the maximum"',
-    'avg_pool_forward_naive': 'the chapter "The pooling layer" (book/pooling.md), section "Average pooling"',
-    'avg_pool_backward_naive': 'the chapter "The pooling layer" (book/pooling.md), section "Average pooling"',
-    'softmax_loss_smooth': 'the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "The network"',
-}
-for _name, _where in _EXPLAINED_IN.items():
-    # after the docstring's first paragraph, so that help() shows it at the top
-    _head, _, _rest = (globals()[_name].__doc__ or "").partition("\n\n")
-    globals()[_name].__doc__ = f"{_head.rstrip()}\n\n    Explained in {_where}.\n\n{_rest}"
-del _name, _where, _head, _rest

@@ -61,6 +61,8 @@ def memory_estimate(spec, batch_size, dtype=np.float32, optimizer="sgd_momentum"
                     relu_inplace=True, im2col=False, im2col_grad_block=None):
     """Predicted memory, in bytes, of training and of inference for the network ``spec``.
 
+    Explained in the chapter "Computational considerations: memory" (book/memory.md), section "Three sources of memory".
+
     ``optimizer`` names the update rule (a key of OPTIMIZER_STATE); ``data_copies`` counts the
     input batch and its augmented copies; ``relu_inplace=False`` counts ReLU outputs as new
     arrays; ``im2col=True`` adds the im2col matrices of the conv layers, all of them cached for
@@ -72,6 +74,7 @@ def memory_estimate(spec, batch_size, dtype=np.float32, optimizer="sgd_momentum"
     im2col matrix: only the current layer is kept) and ``inference_keep_all`` (parameters,
     data and all activations, as a forward pass that keeps everything).
     """
+    # ---- book/memory.md:144 ----
     itemsize = _check_memory_args(batch_size, dtype, optimizer, data_copies, im2col_grad_block)
     rows, sizes = _layer_sizes(spec, relu_inplace)
     per_example = itemsize * batch_size
@@ -102,7 +105,11 @@ def memory_estimate(spec, batch_size, dtype=np.float32, optimizer="sgd_momentum"
 # ---- book/memory.md:457 ----
 def max_batch_size(spec, memory_bytes, **kwargs):
     """The largest batch whose predicted training memory, ``memory_estimate(spec, batch,
-    **kwargs)["train"]``, fits in ``memory_bytes``; 0 if not even one example fits."""
+    **kwargs)["train"]``, fits in ``memory_bytes``; 0 if not even one example fits.
+
+    Explained in the chapter "Computational considerations: memory" (book/memory.md), section "GPUs then and now".
+    """
+    # ---- book/memory.md:460 ----
     if isinstance(memory_bytes, bool) or not isinstance(memory_bytes, numbers.Real) \
             or memory_bytes <= 0:
         raise ValueError(f"max_batch_size: memory_bytes must be a positive number, "
@@ -120,15 +127,3 @@ def max_batch_size(spec, memory_bytes, **kwargs):
         mid = (low + high) // 2
         low, high = (mid, high) if fits(mid) else (low, mid)
     return low
-
-
-# ---- where the book explains each definition (tools/tangle.py) ----
-_EXPLAINED_IN = {
-    'memory_estimate': 'the chapter "Computational considerations: memory" (book/memory.md), section "Three sources of memory"',
-    'max_batch_size': 'the chapter "Computational considerations: memory" (book/memory.md), section "GPUs then and now"',
-}
-for _name, _where in _EXPLAINED_IN.items():
-    # after the docstring's first paragraph, so that help() shows it at the top
-    _head, _, _rest = (globals()[_name].__doc__ or "").partition("\n\n")
-    globals()[_name].__doc__ = f"{_head.rstrip()}\n\n    Explained in {_where}.\n\n{_rest}"
-del _name, _where, _head, _rest

@@ -65,7 +65,11 @@ CONV_CHUNK_BYTES = 1 << 20  # the im2col buffer of conv_forward and conv_backwar
 
 
 def pad_nhwc(x, pads):
-    """Zero-pad the two spatial axes of x (N, H, W, C) by pads = ((top, bottom), (left, right))."""
+    """Zero-pad the two spatial axes of x (N, H, W, C) by pads = ((top, bottom), (left, right)).
+
+    Explained in the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Channels last".
+    """
+    # ---- book/fast_training.md:231 ----
     (top, bottom), (left, right) = pads
     if top == bottom == left == right == 0:
         return np.ascontiguousarray(x)
@@ -80,7 +84,11 @@ def pad_nhwc(x, pads):
 def receptive_fields(xp, k):
     """A read-only view (N, H_out, W_out, k, k*C) of the contiguous padded images xp (N, H, W, C):
     ``[n, h, w, i]`` is row i of the k x k receptive field of output pixel (n, h, w), that is the
-    k*C consecutive numbers of xp that start at pixel (n, h + i, w)."""
+    k*C consecutive numbers of xp that start at pixel (n, h + i, w).
+
+    Explained in the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Channels last".
+    """
+    # ---- book/fast_training.md:246 ----
     N, H, W, C = xp.shape
     sN, sH, sW, sC = xp.strides
     return as_strided(xp, (N, H - k + 1, W - k + 1, k, k * C), (sN, sH, sW, sH, sC),
@@ -89,7 +97,11 @@ def receptive_fields(xp, k):
 
 def im2col_chunks(fields, chunk_bytes=None):
     """Yield (n, cols): the im2col rows (images n, n+1, ... of ``fields``) as a 2-D array
-    (rows, k*k*C), copied into one reused buffer of about ``chunk_bytes`` (CONV_CHUNK_BYTES)."""
+    (rows, k*k*C), copied into one reused buffer of about ``chunk_bytes`` (CONV_CHUNK_BYTES).
+
+    Explained in the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Channels last".
+    """
+    # ---- book/fast_training.md:255 ----
     N, per_image = len(fields), fields[0].size * fields.itemsize
     step = min(N, max(2, (chunk_bytes or CONV_CHUNK_BYTES) // per_image))
     buffer = np.empty((step,) + fields.shape[1:], fields.dtype)
@@ -103,12 +115,15 @@ def im2col_chunks(fields, chunk_bytes=None):
 def conv_forward(x, w, pad=1, chunk_bytes=None):
     """Convolution with stride 1, channels last, as im2col + one matrix product per chunk.
 
+    Explained in the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Channels last".
+
     x : (N, H, W, C); w : (k, k, C, F); pad : zero padding, an int for every side or
     ((top, bottom), (left, right)); chunk_bytes : size of the im2col buffer (CONV_CHUNK_BYTES).
     Returns out (N, H + top + bottom - k + 1, W + left + right - k + 1, F) and the cache
     (padded x, w, pads). There is no bias: in this chapter every convolution is followed by
     batch normalization, whose shift would cancel it.
     """
+    # ---- book/fast_training.md:276 ----
     (H_out, W_out), pads = _check_conv("conv_forward", x, w, pad)
     k, _, C, F = w.shape
     xp = pad_nhwc(x, pads)
@@ -124,7 +139,11 @@ def conv_forward(x, w, pad=1, chunk_bytes=None):
 # ---- book/fast_training.md:307 ----
 def conv_backward(dout, cache, need_dx=True, chunk_bytes=None):
     """Backward pass of ``conv_forward``: dout (N, H_out, W_out, F) -> dx (N, H, W, C) or None
-    (if not need_dx, e.g. for a first layer), dw (k, k, C, F)."""
+    (if not need_dx, e.g. for a first layer), dw (k, k, C, F).
+
+    Explained in the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Channels last".
+    """
+    # ---- book/fast_training.md:310 ----
     xp, w, pads = cache
     k, _, C, F = w.shape
     fields = receptive_fields(xp, k)
@@ -152,7 +171,11 @@ def _pool_windows(x):
 
 
 def max_pool_forward(x):
-    """2x2 max pooling with stride 2: x (N, H, W, C) -> out (N, H // 2, W // 2, C), cache."""
+    """2x2 max pooling with stride 2: x (N, H, W, C) -> out (N, H // 2, W // 2, C), cache.
+
+    Explained in the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Pooling, batch normalization and ReLU, channels last".
+    """
+    # ---- book/fast_training.md:411 ----
     _check_nhwc("max_pool_forward", x)
     if x.shape[1] < 2 or x.shape[2] < 2:
         raise ValueError(f"max_pool_forward: images of {x.shape[1]}x{x.shape[2]} pixels are "
@@ -165,7 +188,11 @@ def max_pool_forward(x):
 
 
 def max_pool_backward(dout, cache):
-    """Backward pass of ``max_pool_forward``: dout (N, H // 2, W // 2, C) -> dx (N, H, W, C)."""
+    """Backward pass of ``max_pool_forward``: dout (N, H // 2, W // 2, C) -> dx (N, H, W, C).
+
+    Explained in the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Pooling, batch normalization and ReLU, channels last".
+    """
+    # ---- book/fast_training.md:424 ----
     x, out = cache
     dout = _check_dout("max_pool_backward", dout, out.shape, x.dtype)
     dx = np.empty_like(x)
@@ -214,10 +241,13 @@ def _add_over_batch(bn_param, *sums):
 def batchnorm_relu_forward(x, gamma, beta, bn_param, relu=True):
     """Spatial batch normalization followed by a ReLU (if relu), channels last.
 
+    Explained in the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Pooling, batch normalization and ReLU, channels last".
+
     x : (N, H, W, C); gamma, beta : (C,); bn_param : dict with 'mode' ('train' or 'test'), 'eps',
     'momentum', the running averages 'running_mean', 'running_var' (C,) it updates, and
     optionally 'allreduce' (section "Both cores"). Returns out (N, H, W, C) and the cache.
     """
+    # ---- book/fast_training.md:511 ----
     mode, eps, momentum = _check_bn("batchnorm_relu_forward", x, gamma, beta, bn_param)
     x2 = x.reshape(-1, x.shape[3])
     if mode == "train":
@@ -242,7 +272,11 @@ def batchnorm_relu_forward(x, gamma, beta, bn_param, relu=True):
 
 # ---- book/fast_training.md:541 ----
 def batchnorm_relu_backward(dout, cache):
-    """Backward pass of ``batchnorm_relu_forward``: returns dx (N, H, W, C), dgamma, dbeta (C,)."""
+    """Backward pass of ``batchnorm_relu_forward``: returns dx (N, H, W, C), dgamma, dbeta (C,).
+
+    Explained in the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Pooling, batch normalization and ReLU, channels last".
+    """
+    # ---- book/fast_training.md:543 ----
     x, out, gamma, mean, inv_std, M, bn_param = cache
     d = _check_dout("batchnorm_relu_backward", dout, x.shape, x.dtype).reshape(-1, x.shape[3])
     x2 = x.reshape(d.shape)
@@ -263,7 +297,11 @@ def batchnorm_relu_backward(dout, cache):
 def conv_bn_relu_forward(x, w, gamma, beta, bn_param, pool=False):
     """conv (3x3, pad 1) -> [2x2 max pool] -> batchnorm -> ReLU, channels last.
     x : (N, H, W, C); w : (3, 3, C, F); gamma, beta : (F,). Returns out and the cache.
-    With pool, the convolution skips the odd last row and column that the pooling drops."""
+    With pool, the convolution skips the odd last row and column that the pooling drops.
+
+    Explained in the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Pooling, batch normalization and ReLU, channels last".
+    """
+    # ---- book/fast_training.md:583 ----
     H, W = x.shape[1:3]
     pad = ((1, 1 - H % 2), (1, 1 - W % 2)) if pool else 1
     a, conv_cache = conv_forward(x, w, pad)
@@ -275,7 +313,11 @@ def conv_bn_relu_forward(x, w, gamma, beta, bn_param, pool=False):
 
 
 def conv_bn_relu_backward(dout, cache, need_dx=True):
-    """Backward pass of ``conv_bn_relu_forward``: returns dx (or None), dw, dgamma, dbeta."""
+    """Backward pass of ``conv_bn_relu_forward``: returns dx (or None), dw, dgamma, dbeta.
+
+    Explained in the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Pooling, batch normalization and ReLU, channels last".
+    """
+    # ---- book/fast_training.md:595 ----
     conv_cache, pool_cache, bn_cache = cache
     da, dgamma, dbeta = batchnorm_relu_backward(dout, bn_cache)
     if pool_cache is not None:
@@ -285,7 +327,11 @@ def conv_bn_relu_backward(dout, cache, need_dx=True):
 
 
 def residual_forward(x, w, gamma, beta, bn_param):
-    """The residual block x + ReLU(BN(conv(x))); w : (3, 3, C, C). Returns out, cache."""
+    """The residual block x + ReLU(BN(conv(x))); w : (3, 3, C, C). Returns out, cache.
+
+    Explained in the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Pooling, batch normalization and ReLU, channels last".
+    """
+    # ---- book/fast_training.md:605 ----
     if w.shape[2:] != (x.shape[3], x.shape[3]):
         raise ValueError(f"residual_forward: w must map the {x.shape[3]} channels of x to as "
                          f"many, got shape {w.shape}")
@@ -294,7 +340,11 @@ def residual_forward(x, w, gamma, beta, bn_param):
 
 
 def residual_backward(dout, cache):
-    """Backward pass of ``residual_forward``: the gradient flows through both terms."""
+    """Backward pass of ``residual_forward``: the gradient flows through both terms.
+
+    Explained in the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Pooling, batch normalization and ReLU, channels last".
+    """
+    # ---- book/fast_training.md:614 ----
     dx, dw, dgamma, dbeta = conv_bn_relu_backward(dout, cache)
     dx += dout
     return dx, dw, dgamma, dbeta
@@ -302,20 +352,32 @@ def residual_backward(dout, cache):
 
 # ---- book/fast_training.md:631 ----
 def global_avg_pool_forward(x):
-    """Mean over the pixels of each channel: x (N, H, W, C) -> out (N, C), cache."""
+    """Mean over the pixels of each channel: x (N, H, W, C) -> out (N, C), cache.
+
+    Explained in the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Pooling, batch normalization and ReLU, channels last".
+    """
+    # ---- book/fast_training.md:633 ----
     _check_nhwc("global_avg_pool_forward", x)
     return x.mean(axis=(1, 2)), x.shape
 
 
 def global_avg_pool_backward(dout, cache):
-    """Backward pass of ``global_avg_pool_forward``: dout (N, C) -> dx (N, H, W, C)."""
+    """Backward pass of ``global_avg_pool_forward``: dout (N, C) -> dx (N, H, W, C).
+
+    Explained in the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Pooling, batch normalization and ReLU, channels last".
+    """
+    # ---- book/fast_training.md:639 ----
     N, H, W, C = cache
     dout = _check_dout("global_avg_pool_backward", dout, (N, C), getattr(dout, "dtype", None))
     return np.broadcast_to(dout[:, None, None, :] / (H * W), cache).copy()
 
 
 def global_max_pool_forward(x):
-    """Maximum over the pixels of each channel: x (N, H, W, C) -> out (N, C), cache."""
+    """Maximum over the pixels of each channel: x (N, H, W, C) -> out (N, C), cache.
+
+    Explained in the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Pooling, batch normalization and ReLU, channels last".
+    """
+    # ---- book/fast_training.md:646 ----
     _check_nhwc("global_max_pool_forward", x)
     N, H, W, C = x.shape
     winner = x.reshape(N, H * W, C).argmax(axis=1)       # (N, C): the first largest pixel
@@ -323,7 +385,11 @@ def global_max_pool_forward(x):
 
 
 def global_max_pool_backward(dout, cache):
-    """Backward pass of ``global_max_pool_forward``: dout (N, C) -> dx (N, H, W, C)."""
+    """Backward pass of ``global_max_pool_forward``: dout (N, C) -> dx (N, H, W, C).
+
+    Explained in the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Pooling, batch normalization and ReLU, channels last".
+    """
+    # ---- book/fast_training.md:654 ----
     (N, H, W, C), winner = cache
     dout = _check_dout("global_max_pool_backward", dout, (N, C), getattr(dout, "dtype", None))
     dx = np.zeros((N, H * W, C), dout.dtype)
@@ -364,7 +430,11 @@ def _a(y, out):
 
 def winograd_input_tiles(xp, V):
     """The transformed input tiles B^T d B of padded images xp (n, 2*Th + 2, 2*Tw + 2, C) into
-    V (4, 4, n, Th, Tw, C): tile (t, u) is xp[:, 2t:2t + 4, 2u:2u + 4]."""
+    V (4, 4, n, Th, Tw, C): tile (t, u) is xp[:, 2t:2t + 4, 2u:2u + 4].
+
+    Explained in the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Fewer multiplications: Winograd's convolution".
+    """
+    # ---- book/fast_training.md:1356 ----
     Th, Tw = V.shape[3:5]
     rows = [xp[:, i:i + 2 * Th:2] for i in range(4)]       # row i of every tile: (n, Th, Wp, C)
     r = np.empty((4,) + rows[0].shape, xp.dtype)
@@ -374,7 +444,11 @@ def winograd_input_tiles(xp, V):
 
 
 def winograd_output_tiles(M, out):
-    """The output tiles A^T M A: M (4, 4, n, Th, Tw, F) -> out (n, 2*Th, 2*Tw, F)."""
+    """The output tiles A^T M A: M (4, 4, n, Th, Tw, F) -> out (n, 2*Th, 2*Tw, F).
+
+    Explained in the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Fewer multiplications: Winograd's convolution".
+    """
+    # ---- book/fast_training.md:1366 ----
     s = np.empty((2,) + M.shape[1:], M.dtype)
     _at(M, s)                                               # A^T along the rows
     for a in range(2):
@@ -397,7 +471,11 @@ def _winograd_chunks(xp, Th, Tw, C, F, chunk_bytes):
 
 def winograd_conv_forward(x, w, pad=1, chunk_bytes=None):
     """3x3 convolution with stride 1 by Winograd's F(2x2, 3x3): the same contract as
-    ``conv_forward`` (x (N, H, W, C), w (3, 3, C, F), pad), computed tile by tile."""
+    ``conv_forward`` (x (N, H, W, C), w (3, 3, C, F), pad), computed tile by tile.
+
+    Explained in the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Fewer multiplications: Winograd's convolution".
+    """
+    # ---- book/fast_training.md:1391 ----
     (H_out, W_out), pads = _check_conv("winograd_conv_forward", x, w, pad)
     if w.shape[0] != 3:
         raise ValueError(f"winograd_conv_forward: filters must be 3x3, got {w.shape}")
@@ -416,7 +494,11 @@ def winograd_conv_forward(x, w, pad=1, chunk_bytes=None):
 
 # ---- book/fast_training.md:1416 ----
 def winograd_conv_backward(dout, cache, need_dx=True, chunk_bytes=None):
-    """Backward pass of ``winograd_conv_forward``: dout (N, H_out, W_out, F) -> dx or None, dw."""
+    """Backward pass of ``winograd_conv_forward``: dout (N, H_out, W_out, F) -> dx or None, dw.
+
+    Explained in the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Fewer multiplications: Winograd's convolution".
+    """
+    # ---- book/fast_training.md:1418 ----
     xp, w, pads, (H_out, W_out) = cache
     N, C, F = xp.shape[0], w.shape[2], w.shape[3]
     Th, Tw = (xp.shape[1] - 2) // 2, (xp.shape[2] - 2) // 2
@@ -442,34 +524,3 @@ def winograd_conv_backward(dout, cache, need_dx=True, chunk_bytes=None):
                                       ((max(0, t), max(0, b)), (max(0, l), max(0, r))),
                                       chunk_bytes)
     return dx, dw.astype(w.dtype)
-
-
-# ---- where the book explains each definition (tools/tangle.py) ----
-_EXPLAINED_IN = {
-    'pad_nhwc': 'the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Channels last"',
-    'receptive_fields': 'the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Channels last"',
-    'im2col_chunks': 'the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Channels last"',
-    'conv_forward': 'the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Channels last"',
-    'conv_backward': 'the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Channels last"',
-    'max_pool_forward': 'the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Pooling, batch normalization and ReLU, channels last"',
-    'max_pool_backward': 'the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Pooling, batch normalization and ReLU, channels last"',
-    'batchnorm_relu_forward': 'the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Pooling, batch normalization and ReLU, channels last"',
-    'batchnorm_relu_backward': 'the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Pooling, batch normalization and ReLU, channels last"',
-    'conv_bn_relu_forward': 'the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Pooling, batch normalization and ReLU, channels last"',
-    'conv_bn_relu_backward': 'the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Pooling, batch normalization and ReLU, channels last"',
-    'residual_forward': 'the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Pooling, batch normalization and ReLU, channels last"',
-    'residual_backward': 'the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Pooling, batch normalization and ReLU, channels last"',
-    'global_avg_pool_forward': 'the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Pooling, batch normalization and ReLU, channels last"',
-    'global_avg_pool_backward': 'the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Pooling, batch normalization and ReLU, channels last"',
-    'global_max_pool_forward': 'the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Pooling, batch normalization and ReLU, channels last"',
-    'global_max_pool_backward': 'the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Pooling, batch normalization and ReLU, channels last"',
-    'winograd_input_tiles': 'the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Fewer multiplications: Winograd\'s convolution"',
-    'winograd_output_tiles': 'the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Fewer multiplications: Winograd\'s convolution"',
-    'winograd_conv_forward': 'the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Fewer multiplications: Winograd\'s convolution"',
-    'winograd_conv_backward': 'the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Fewer multiplications: Winograd\'s convolution"',
-}
-for _name, _where in _EXPLAINED_IN.items():
-    # after the docstring's first paragraph, so that help() shows it at the top
-    _head, _, _rest = (globals()[_name].__doc__ or "").partition("\n\n")
-    globals()[_name].__doc__ = f"{_head.rstrip()}\n\n    Explained in {_where}.\n\n{_rest}"
-del _name, _where, _head, _rest

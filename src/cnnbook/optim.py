@@ -92,6 +92,8 @@ import numpy as np
 def sgd(w, dw, config=None):
     """Vanilla stochastic gradient descent: ``next_w = w - learning_rate * dw``.
 
+    Explained in the chapter "Optimizers" (book/optimizers.md), section "Gradient descent and its troubles".
+
     Parameters
     ----------
     w : ndarray of floats, any shape
@@ -113,6 +115,7 @@ def sgd(w, dw, config=None):
         out of its range. Validate first with ``w, dw = _check_w_dw("sgd", w, dw)`` (also casts
         dw to w's dtype), then ``(lr,) = _setup("sgd", config, w, {"learning_rate": 1e-2})``.
     """
+    # ---- book/optimizers.md:225 ----
     if config is None:
         config = {}
     w, dw = _check_w_dw("sgd", w, dw)
@@ -127,6 +130,8 @@ import numpy as np
 
 def sgd_momentum(w, dw, config=None):
     """Stochastic gradient descent with momentum.
+
+    Explained in the chapter "Optimizers" (book/optimizers.md), section "Momentum".
 
     ``v = momentum * v - learning_rate * dw``, then ``next_w = w + v``.
 
@@ -157,6 +162,7 @@ def sgd_momentum(w, dw, config=None):
         ``_setup("sgd_momentum", config, w, defaults, state=("velocity",))`` with the defaults
         above, in that order; it returns ``lr, momentum, velocity``.
     """
+    # ---- book/optimizers.md:315 ----
     if config is None:
         config = {}
     w, dw = _check_w_dw("sgd_momentum", w, dw)
@@ -175,6 +181,8 @@ import numpy as np
 
 def rmsprop(w, dw, config=None):
     """RMSProp: divide each gradient element by a running RMS of its past values.
+
+    Explained in the chapter "Optimizers" (book/optimizers.md), section "RMSProp".
 
     ``cache = decay_rate * cache + (1 - decay_rate) * dw**2``, then
     ``next_w = w - learning_rate * dw / (sqrt(cache) + epsilon)``.
@@ -207,6 +215,7 @@ def rmsprop(w, dw, config=None):
         ``_setup("rmsprop", config, w, defaults, state=("cache",))`` with the defaults above,
         in that order; it returns ``lr, decay_rate, epsilon, cache``.
     """
+    # ---- book/optimizers.md:417 ----
     if config is None:
         config = {}
     w, dw = _check_w_dw("rmsprop", w, dw)
@@ -225,6 +234,8 @@ import numpy as np
 
 def adam(w, dw, config=None):
     """Adam: momentum on the gradient, RMSProp scaling, and bias correction of both.
+
+    Explained in the chapter "Optimizers" (book/optimizers.md), section "Adam".
 
     ``t += 1``; ``m = beta1 * m + (1 - beta1) * dw``; ``v = beta2 * v + (1 - beta2) * dw**2``;
     ``next_w = w - learning_rate * mhat / (sqrt(vhat) + epsilon)`` with the bias-corrected
@@ -255,6 +266,7 @@ def adam(w, dw, config=None):
         in that order (it returns ``lr, beta1, beta2, epsilon, m, v``), and read ``t`` with
         ``_step_count("adam", config)``.
     """
+    # ---- book/optimizers.md:505 ----
     if config is None:
         config = {}
     w, dw = _check_w_dw("adam", w, dw)
@@ -284,6 +296,8 @@ import numpy as np
 def sgd_nesterov(w, dw, config=None):
     """SGD with Nesterov momentum and weight decay (PyTorch's formulation).
 
+    Explained in the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "The training recipe".
+
     ``g = dw + weight_decay * w``; ``v = momentum * v + g``;
     ``next_w = w - learning_rate * (g + momentum * v)``.
 
@@ -291,6 +305,7 @@ def sgd_nesterov(w, dw, config=None):
     default 0.9), ``weight_decay`` (>= 0, default 0) and the state ``velocity`` (shape of w).
     Returns next_w (shape and dtype of w) and config.
     """
+    # ---- book/fast_training.md:1567 ----
     if config is None:
         config = {}
     w, dw = _check_w_dw("sgd_nesterov", w, dw)
@@ -304,18 +319,3 @@ def sgd_nesterov(w, dw, config=None):
     next_w = w - lr * (g + mu * v)
     config["velocity"] = v.astype(w.dtype, copy=False)
     return next_w.astype(w.dtype, copy=False), config
-
-
-# ---- where the book explains each definition (tools/tangle.py) ----
-_EXPLAINED_IN = {
-    'sgd': 'the chapter "Optimizers" (book/optimizers.md), section "Gradient descent and its troubles"',
-    'sgd_momentum': 'the chapter "Optimizers" (book/optimizers.md), section "Momentum"',
-    'rmsprop': 'the chapter "Optimizers" (book/optimizers.md), section "RMSProp"',
-    'adam': 'the chapter "Optimizers" (book/optimizers.md), section "Adam"',
-    'sgd_nesterov': 'the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "The training recipe"',
-}
-for _name, _where in _EXPLAINED_IN.items():
-    # after the docstring's first paragraph, so that help() shows it at the top
-    _head, _, _rest = (globals()[_name].__doc__ or "").partition("\n\n")
-    globals()[_name].__doc__ = f"{_head.rstrip()}\n\n    Explained in {_where}.\n\n{_rest}"
-del _name, _where, _head, _rest

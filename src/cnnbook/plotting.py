@@ -21,9 +21,12 @@ def _running_mean(values, window):
 def plot_solver_history(solver, title=None, axes=None):
     """Plot the training loss per iteration and the train/validation accuracy per epoch of a Solver.
 
+    Explained in the chapter "Fully-connected networks" (book/fc_nets.md), section "The Solver: a training loop for any model".
+
     axes : optional pair of matplotlib Axes (loss, accuracy); by default a new figure is made.
     Returns the matplotlib Figure.
     """
+    # ---- book/fc_nets.md:985 ----
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
@@ -59,9 +62,12 @@ import numpy as np
 def plot_histories(solvers, title=None):
     """Overlay several training runs: ``solvers`` maps a label to a trained Solver.
 
+    Explained in the chapter "Fully-connected networks" (book/fc_nets.md), section "The Solver: a training loop for any model".
+
     Three panels: training loss per iteration (faint) with its running mean, training accuracy
     per epoch and validation accuracy per epoch. Returns the matplotlib Figure.
     """
+    # ---- book/fc_nets.md:1027 ----
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
@@ -102,9 +108,12 @@ _ANIMATION_ICONS = {
 def animation_html(anim, anim_id, fps=1):
     """A matplotlib animation as self-contained HTML/JS: nothing loaded from the network.
 
+    Explained in the chapter "The convolutional layer" (book/convolution.md), section "Convolution as dot products".
+
     ``anim_id`` (letters, digits, underscores) replaces the random id of the elements, so that
     the same animation always gives the same HTML.
     """
+    # ---- book/convolution.md:440 ----
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", anim_id):
         raise ValueError(
             f"animation_html: anim_id must be a JavaScript identifier, got {anim_id!r}"
@@ -129,11 +138,14 @@ import numpy as np
 def plot_filter_grid(filters, ncols=None, ax=None, title=None, cmap="gray"):
     """Draw arrays of shape (K, C, h, w), C = 3 (colour) or C = 1 (grey), as a grid of images.
 
+    Explained in the chapter "A three-layer ConvNet" (book/convnet.md), section "What the network has learned".
+
     Each of the K images is scaled on its own to the range [0, 1] (a constant one, such as a
     feature map that a ReLU has set to zero, is drawn black), so that the grid shows patterns,
     not magnitudes. ncols defaults to ceil(sqrt(K)); ax to a new
     figure's axes. Returns the matplotlib Figure.
     """
+    # ---- book/convnet.md:598 ----
     import matplotlib.pyplot as plt
 
     filters = np.asarray(filters, dtype=np.float64)
@@ -166,7 +178,11 @@ import numpy as np
 
 
 def plot_training_history(history, title=None):
-    """Loss and accuracies per epoch of a ``cnnbook.training.Trainer`` history, and its schedule."""
+    """Loss and accuracies per epoch of a ``cnnbook.training.Trainer`` history, and its schedule.
+
+    Explained in the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "What the network learned".
+    """
+    # ---- book/fast_training.md:2591 ----
     import matplotlib.pyplot as plt
 
     epochs = np.arange(1, len(history["loss"]) + 1)
@@ -187,7 +203,11 @@ def plot_training_history(history, title=None):
 
 def plot_confusion_matrix(y_true, y_pred, class_names, ax=None):
     """Confusion matrix (rows: true class, columns: predicted class), each row as fractions.
-    Returns the matrix of counts."""
+    Returns the matrix of counts.
+
+    Explained in the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "What the network learned".
+    """
+    # ---- book/fast_training.md:2612 ----
     import matplotlib.pyplot as plt
 
     k = len(class_names)
@@ -209,7 +229,11 @@ def plot_confusion_matrix(y_true, y_pred, class_names, ax=None):
 
 
 def plot_labelled_images(images, titles, ncols=8):
-    """A grid of uint8 images (N, H, W, 3) with a title under each."""
+    """A grid of uint8 images (N, H, W, 3) with a title under each.
+
+    Explained in the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "What the network learned".
+    """
+    # ---- book/fast_training.md:2634 ----
     import matplotlib.pyplot as plt
 
     nrows = -(-len(images) // ncols)
@@ -221,20 +245,3 @@ def plot_labelled_images(images, titles, ncols=8):
         ax.set_title(title, fontsize=7)
     fig.tight_layout()
     return fig
-
-
-# ---- where the book explains each definition (tools/tangle.py) ----
-_EXPLAINED_IN = {
-    'plot_solver_history': 'the chapter "Fully-connected networks" (book/fc_nets.md), section "The Solver: a training loop for any model"',
-    'plot_histories': 'the chapter "Fully-connected networks" (book/fc_nets.md), section "The Solver: a training loop for any model"',
-    'animation_html': 'the chapter "The convolutional layer" (book/convolution.md), section "Convolution as dot products"',
-    'plot_filter_grid': 'the chapter "A three-layer ConvNet" (book/convnet.md), section "What the network has learned"',
-    'plot_training_history': 'the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "What the network learned"',
-    'plot_confusion_matrix': 'the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "What the network learned"',
-    'plot_labelled_images': 'the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "What the network learned"',
-}
-for _name, _where in _EXPLAINED_IN.items():
-    # after the docstring's first paragraph, so that help() shows it at the top
-    _head, _, _rest = (globals()[_name].__doc__ or "").partition("\n\n")
-    globals()[_name].__doc__ = f"{_head.rstrip()}\n\n    Explained in {_where}.\n\n{_rest}"
-del _name, _where, _head, _rest

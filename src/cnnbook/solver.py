@@ -48,6 +48,8 @@ def _check_options(batch_size, sampling):
 class Solver:
     """Trains a classification model with minibatch gradient descent (the cs231n Solver).
 
+    Explained in the chapter "Fully-connected networks" (book/fc_nets.md), section "The Solver: a training loop for any model".
+
     Usage::
 
         solver = Solver(model, data, update_rule="adam", optim_config={"learning_rate": 1e-3},
@@ -86,6 +88,7 @@ class Solver:
     progress : show a tqdm progress bar over the iterations, if tqdm is installed [True].
     """
 
+    # ---- book/fc_nets.md:758 ----
     def __init__(self, model, data, **kwargs):
         _check_data(data)
         self.model = model
@@ -245,14 +248,3 @@ class Solver:
             self._print(f'Saving checkpoint to "{filename}"')
         with open(filename, "wb") as f:
             pickle.dump(checkpoint, f)
-
-
-# ---- where the book explains each definition (tools/tangle.py) ----
-_EXPLAINED_IN = {
-    'Solver': 'the chapter "Fully-connected networks" (book/fc_nets.md), section "The Solver: a training loop for any model"',
-}
-for _name, _where in _EXPLAINED_IN.items():
-    # after the docstring's first paragraph, so that help() shows it at the top
-    _head, _, _rest = (globals()[_name].__doc__ or "").partition("\n\n")
-    globals()[_name].__doc__ = f"{_head.rstrip()}\n\n    Explained in {_where}.\n\n{_rest}"
-del _name, _where, _head, _rest

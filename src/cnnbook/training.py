@@ -13,7 +13,11 @@ ORDINARY_SGEMM_GFLOPS = 115.0  # np.matmul, 2048 x 2048 float32, on a 2-core AVX
 
 def sgemm_gflops(n=2048, repeats=5):
     """This machine's rate of np.matmul on two n x n float32 matrices (all BLAS threads), in
-    GFLOP/s (2 n^3 operations per product); the best of ``repeats`` products after a warm-up."""
+    GFLOP/s (2 n^3 operations per product); the best of ``repeats`` products after a warm-up.
+
+    Explained in the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "How fast is this machine?".
+    """
+    # ---- book/fast_training.md:93 ----
     a = np.random.default_rng(0).random((n, n), dtype=np.float32)
     np.matmul(a, a)
     best = min(_seconds(np.matmul, a, a) for _ in range(repeats))
@@ -36,7 +40,11 @@ from threadpoolctl import threadpool_limits
 
 
 def usable_cores():
-    """The number of CPU cores this process may run on."""
+    """The number of CPU cores this process may run on.
+
+    Explained in the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Both cores".
+    """
+    # ---- book/fast_training.md:1104 ----
     if hasattr(os, "sched_getaffinity"):
         return len(os.sched_getaffinity(0))
     return os.cpu_count() or 1
@@ -44,8 +52,12 @@ def usable_cores():
 
 class SumOverThreads:
     """``allreduce`` for batch normalization: called by each of ``n`` threads with an array, it
-    returns the sum of the n arrays to every thread (a barrier before and after the sum)."""
+    returns the sum of the n arrays to every thread (a barrier before and after the sum).
 
+    Explained in the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Both cores".
+    """
+
+    # ---- book/fast_training.md:1113 ----
     def __init__(self, n):
         self.n, self.arrays, self.barrier = n, [None] * n, threading.Barrier(n)
         self.local = threading.local()  # .index: this thread's place in the table
@@ -63,8 +75,12 @@ class DataParallel:
     """Runs ``model.loss`` on equal parts of a batch in ``threads`` threads (default: the usable
     cores), BLAS single-threaded, and combines the results. With sync_bn (default), batch
     normalization uses the statistics of the whole batch; without, of each part ("ghost").
-    model : a channels-last model with ``params``, ``bn_params`` and ``loss`` (``FastConvNet``)."""
+    model : a channels-last model with ``params``, ``bn_params`` and ``loss`` (``FastConvNet``).
 
+    Explained in the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Both cores".
+    """
+
+    # ---- book/fast_training.md:1142 ----
     def __init__(self, model, threads=None, sync_bn=True):
         self.model, self.sync_bn = model, sync_bn
         self.threads = usable_cores() if threads is None else threads
@@ -132,7 +148,11 @@ import numpy as np
 def one_cycle_lr(step, total_steps, peak, warmup=0.25, start=0.0, end=0.0):
     """Learning rate at ``step`` (0-based): linear from ``start * peak`` to ``peak`` over the
     first ``warmup`` fraction of ``total_steps``, then linear down to ``end * peak`` at
-    ``total_steps``."""
+    ``total_steps``.
+
+    Explained in the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "The training recipe".
+    """
+    # ---- book/fast_training.md:1613 ----
     if not 0 <= step < total_steps:
         raise ValueError(f"one_cycle_lr: step {step} is outside [0, {total_steps})")
     if not (0 <= warmup < 1 and 0 <= start <= 1 and 0 <= end <= 1):
@@ -148,7 +168,11 @@ def random_crop_flip(X, rng, pad=4, flip=None, mode="constant"):
     """Augment a batch X (N, H, W, C): shift each image by up to ``pad`` pixels in each direction
     (a random crop of the image padded by ``np.pad`` in ``mode``: "constant" adds black pixels,
     "reflect" mirrors the border) and mirror it left-right where ``flip`` (N,) is True (None:
-    each with probability 1/2). rng : a numpy Generator. Returns a new array like X."""
+    each with probability 1/2). rng : a numpy Generator. Returns a new array like X.
+
+    Explained in the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "The training recipe".
+    """
+    # ---- book/fast_training.md:1629 ----
     if X.ndim != 4 or int(pad) != pad or pad < 0:
         raise ValueError(f"random_crop_flip: X must be images (N, H, W, C) and pad an int >= 0, "
                          f"got shape {X.shape} and pad {pad!r}")
@@ -168,7 +192,11 @@ def random_crop_flip(X, rng, pad=4, flip=None, mode="constant"):
 
 def channel_stats(X):
     """Per-channel mean and standard deviation (float32, shape (C,)) of uint8 images X (N, H, W, C),
-    on the scale 0..1: exact, from each channel's histogram of the 256 values."""
+    on the scale 0..1: exact, from each channel's histogram of the 256 values.
+
+    Explained in the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "The training recipe".
+    """
+    # ---- book/fast_training.md:1649 ----
     X2 = X.reshape(-1, X.shape[-1])
     counts = np.stack([np.bincount(X2[:, c], minlength=256) for c in range(X2.shape[1])])
     values = np.arange(256) / 255
@@ -178,7 +206,11 @@ def channel_stats(X):
 
 
 def normalize(X, mean, std):
-    """uint8 images (N, H, W, C) -> float32, each channel with the given mean and std removed."""
+    """uint8 images (N, H, W, C) -> float32, each channel with the given mean and std removed.
+
+    Explained in the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "The training recipe".
+    """
+    # ---- book/fast_training.md:1659 ----
     return (X.astype(np.float32) * np.float32(1 / 255) - mean) / std
 
 
@@ -194,14 +226,22 @@ CHECKPOINT_FORMAT = "cnnbook-checkpoint/2"
 
 
 class CheckpointError(ValueError):
-    """A checkpoint file that cannot be used: unreadable, not a checkpoint, or another run's."""
+    """A checkpoint file that cannot be used: unreadable, not a checkpoint, or another run's.
+
+    Explained in the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Checkpoints and the trainer".
+    """
 
 
+# ---- book/fast_training.md:1808 ----
 def save_checkpoint(path, arrays, meta):
     """Write arrays (dict name -> ndarray) and meta (a JSON-able dict) to ``path`` atomically:
     to a new temporary file in the same directory, synced, renamed over ``path``, and the
     directory synced. On failure the temporary file is removed and ``path`` is untouched. The
-    file is readable and writable by its owner only (as ``tempfile.mkstemp`` creates it)."""
+    file is readable and writable by its owner only (as ``tempfile.mkstemp`` creates it).
+
+    Explained in the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Checkpoints and the trainer".
+    """
+    # ---- book/fast_training.md:1813 ----
     path = Path(path)
     header = json.dumps({"format": CHECKPOINT_FORMAT, **meta})  # fails before any file exists
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
@@ -235,7 +275,11 @@ def _fsync_directory(directory):
 
 
 def load_checkpoint(path):
-    """Read a checkpoint written by ``save_checkpoint``: returns (arrays, meta)."""
+    """Read a checkpoint written by ``save_checkpoint``: returns (arrays, meta).
+
+    Explained in the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Checkpoints and the trainer".
+    """
+    # ---- book/fast_training.md:1847 ----
     try:
         with np.load(path, allow_pickle=False) as z:  # a .npy file gives an array: TypeError
             meta = json.loads(str(z["__header__"]))
@@ -335,6 +379,8 @@ from cnnbook import optim
 class Trainer:
     """Trains a channels-last model (``FastConvNet``) with the recipe of this chapter.
 
+    Explained in the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Checkpoints and the trainer".
+
     data : dict with X_train (N, H, W, C) uint8, y_train (N,), X_test, y_test.
     Settings (checked first, ValueError if bad; see ``TRAINER_SETTINGS``): epochs, batch_size;
     learning_rate, the peak of ``one_cycle_lr`` with warmup, lr_start and lr_end; momentum;
@@ -352,6 +398,7 @@ class Trainer:
     The model has ``params``, ``bn_params`` and ``loss``, as ``FastConvNet``.
     """
 
+    # ---- book/fast_training.md:1986 ----
     def __init__(self, model, data, epochs=8, batch_size=512, learning_rate=1.2, warmup=0.23,
                  lr_start=0.2, lr_end=0.07, momentum=0.85, weight_decay=1.3e-3, bn_scale_lr=0.0,
                  bn_bias_lr=64.0, pad=2, reflect=True, alternate_flips=True, lookahead=True,
@@ -695,7 +742,10 @@ import time
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss or a gradient of a training step is nan or infinite (the training diverged)."""
+    """The loss or a gradient of a training step is nan or infinite (the training diverged).
+
+    Explained in the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Checkpoints and the trainer".
+    """
 
 
 # ---- book/fast_training.md:2230 ----
@@ -708,6 +758,7 @@ def _refused(source, entry, problem):
 import os
 
 
+# ---- book/fast_training.md:2458 ----
 def _progress_bar(total, desc):
     """A tqdm bar, or None when tqdm is missing or disabled (TQDM_DISABLE, as in the book's CI)."""
     if os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true", "yes"):
@@ -726,7 +777,11 @@ import sys
 
 def keep_freed_memory():
     """Ask glibc not to return freed memory to the OS (no mmap for big blocks, no trimming).
-    Returns True if it could (Linux with glibc), else False."""
+    Returns True if it could (Linux with glibc), else False.
+
+    Explained in the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Checkpoints and the trainer".
+    """
+    # ---- book/fast_training.md:2496 ----
     if not sys.platform.startswith("linux"):
         return False
     try:
@@ -735,27 +790,3 @@ def keep_freed_memory():
         return False
     M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
     return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
-
-
-# ---- where the book explains each definition (tools/tangle.py) ----
-_EXPLAINED_IN = {
-    'sgemm_gflops': 'the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "How fast is this machine?"',
-    'usable_cores': 'the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Both cores"',
-    'SumOverThreads': 'the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Both cores"',
-    'DataParallel': 'the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Both cores"',
-    'one_cycle_lr': 'the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "The training recipe"',
-    'random_crop_flip': 'the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "The training recipe"',
-    'channel_stats': 'the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "The training recipe"',
-    'normalize': 'the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "The training recipe"',
-    'CheckpointError': 'the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Checkpoints and the trainer"',
-    'save_checkpoint': 'the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Checkpoints and the trainer"',
-    'load_checkpoint': 'the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Checkpoints and the trainer"',
-    'Trainer': 'the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Checkpoints and the trainer"',
-    'TrainingDiverged': 'the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Checkpoints and the trainer"',
-    'keep_freed_memory': 'the chapter "Training a ConvNet on CIFAR-10 in minutes" (book/fast_training.md), section "Checkpoints and the trainer"',
-}
-for _name, _where in _EXPLAINED_IN.items():
-    # after the docstring's first paragraph, so that help() shows it at the top
-    _head, _, _rest = (globals()[_name].__doc__ or "").partition("\n\n")
-    globals()[_name].__doc__ = f"{_head.rstrip()}\n\n    Explained in {_where}.\n\n{_rest}"
-del _name, _where, _head, _rest

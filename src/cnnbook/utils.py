@@ -7,6 +7,8 @@
 def add_to_class(cls):
     """Decorator: attach the function below it to the class ``cls`` as a method.
 
+    Explained in the chapter "Preface: a book that is its own source code" (book/preface.md), section "How the package is made from the chapters".
+
     It lets a chapter write a class over several cells::
 
         @add_to_class(FullyConnectedNet)
@@ -23,6 +25,7 @@ def add_to_class(cls):
     body instead, so the generated module has no call of ``add_to_class``.
     """
 
+    # ---- book/preface.md:161 ----
     def attach(method):
         function = method  # the function inside staticmethod, classmethod, property, ...
         while not hasattr(function, "__code__"):
@@ -38,14 +41,3 @@ def add_to_class(cls):
         return None
 
     return attach
-
-
-# ---- where the book explains each definition (tools/tangle.py) ----
-_EXPLAINED_IN = {
-    'add_to_class': 'the chapter "Preface: a book that is its own source code" (book/preface.md), section "How the package is made from the chapters"',
-}
-for _name, _where in _EXPLAINED_IN.items():
-    # after the docstring's first paragraph, so that help() shows it at the top
-    _head, _, _rest = (globals()[_name].__doc__ or "").partition("\n\n")
-    globals()[_name].__doc__ = f"{_head.rstrip()}\n\n    Explained in {_where}.\n\n{_rest}"
-del _name, _where, _head, _rest

@@ -194,7 +194,7 @@ class FullyConnectedNet:
         ``model.dropout_param['seed']`` and seed ``np.random`` instead (see the Dropout chapter).
     """
 
-    # ---- book/fc_nets.md:392 ----
+    # ---- book/fc_nets.md:393 ----
     def __init__(self, hidden_dims, input_dim=3 * 32 * 32, num_classes=10, dropout_keep_ratio=1,
                  normalization=None, reg=0.0, weight_scale=1e-2, dtype=np.float32, seed=None):
         hidden_dims = list(hidden_dims)
@@ -382,7 +382,7 @@ class ThreeLayerConvNet:
     seed : seeds the initial weights (``np.random.default_rng(seed)``).
     """
 
-    # ---- book/convnet.md:285 ----
+    # ---- book/convnet.md:287 ----
     def __init__(self, input_dim=(3, 32, 32), num_filters=32, filter_size=7, hidden_dim=100,
                  num_classes=10, weight_scale=1e-3, reg=0.0, dtype=np.float32, seed=None):
         C, H, W = _check_convnet_args(input_dim, num_filters, filter_size, hidden_dim,

@@ -26,7 +26,7 @@ def plot_solver_history(solver, title=None, axes=None):
     axes : optional pair of matplotlib Axes (loss, accuracy); by default a new figure is made.
     Returns the matplotlib Figure.
     """
-    # ---- book/fc_nets.md:985 ----
+    # ---- book/fc_nets.md:988 ----
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
@@ -67,7 +67,7 @@ def plot_histories(solvers, title=None):
     Three panels: training loss per iteration (faint) with its running mean, training accuracy
     per epoch and validation accuracy per epoch. Returns the matplotlib Figure.
     """
-    # ---- book/fc_nets.md:1027 ----
+    # ---- book/fc_nets.md:1030 ----
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
@@ -145,7 +145,7 @@ def plot_filter_grid(filters, ncols=None, ax=None, title=None, cmap="gray"):
     not magnitudes. ncols defaults to ceil(sqrt(K)); ax to a new
     figure's axes. Returns the matplotlib Figure.
     """
-    # ---- book/convnet.md:598 ----
+    # ---- book/convnet.md:605 ----
     import matplotlib.pyplot as plt
 
     filters = np.asarray(filters, dtype=np.float64)

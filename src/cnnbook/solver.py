@@ -88,7 +88,7 @@ class Solver:
     progress : show a tqdm progress bar over the iterations, if tqdm is installed [True].
     """
 
-    # ---- book/fc_nets.md:758 ----
+    # ---- book/fc_nets.md:761 ----
     def __init__(self, model, data, **kwargs):
         _check_data(data)
         self.model = model

@@ -3,7 +3,7 @@
 # Chapters: book/fc_nets.md, book/convolution.md, book/convnet.md, book/fast_training.md
 
 
-# ---- book/fc_nets.md:968 ----
+# ---- book/fc_nets.md:969 ----
 import numpy as np
 
 
@@ -26,7 +26,7 @@ def plot_solver_history(solver, title=None, axes=None):
     axes : optional pair of matplotlib Axes (loss, accuracy); by default a new figure is made.
     Returns the matplotlib Figure.
     """
-    # ---- book/fc_nets.md:988 ----
+    # ---- book/fc_nets.md:989 ----
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
@@ -55,7 +55,7 @@ def plot_solver_history(solver, title=None, axes=None):
     return fig
 
 
-# ---- book/fc_nets.md:1021 ----
+# ---- book/fc_nets.md:1022 ----
 import numpy as np
 
 
@@ -67,7 +67,7 @@ def plot_histories(solvers, title=None):
     Three panels: training loss per iteration (faint) with its running mean, training accuracy
     per epoch and validation accuracy per epoch. Returns the matplotlib Figure.
     """
-    # ---- book/fc_nets.md:1030 ----
+    # ---- book/fc_nets.md:1031 ----
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 

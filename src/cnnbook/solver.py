@@ -155,8 +155,9 @@ class Solver:
     def check_accuracy(self, X, y, num_samples=None, batch_size=100):
         """Fraction of examples of X whose highest-scoring class is the label in y.
 
-        X : (N, ...), y : (N,). If num_samples is given and smaller than N, a random subset of
-        that many examples, drawn with replacement as in cs231n, is scored. The model runs in test mode, batch_size examples at a time.
+        X : (N, ...), y : (N,). If num_samples is given and smaller than N, a random sample of
+        that many examples, drawn with replacement as in cs231n, is scored. The model runs in test
+        mode, batch_size examples at a time.
         """
         N = X.shape[0]
         if num_samples is not None and N > num_samples:
@@ -167,7 +168,7 @@ class Solver:
         y_pred = np.concatenate([np.argmax(s, axis=1) for s in scores])
         return float(np.mean(y_pred == y))
 
-    # ---- book/fc_nets.md:867 ----
+    # ---- book/fc_nets.md:868 ----
     def train(self):
         """Run the optimization; then give the model the parameters of the best validation accuracy."""
         num_train = self.X_train.shape[0]
@@ -193,7 +194,7 @@ class Solver:
         # Copies, so that training further does not overwrite best_params in place.
         self.model.params = {k: v.copy() for k, v in self.best_params.items()}
 
-    # ---- book/fc_nets.md:894 ----
+    # ---- book/fc_nets.md:895 ----
     def _check_and_keep_best(self):
         """Record train and validation accuracy; copy the parameters if they are the best so far."""
         train_acc = self.check_accuracy(self.X_train, self.y_train, num_samples=self.num_train_samples)
@@ -208,7 +209,7 @@ class Solver:
             self.best_val_acc = val_acc
             self.best_params = {k: v.copy() for k, v in self.model.params.items()}
 
-    # ---- book/fc_nets.md:915 ----
+    # ---- book/fc_nets.md:916 ----
     def _report_iteration(self, t, num_iterations):
         """Advance the progress bar; if verbose, print the loss every print_every iterations."""
         if self._bar is not None:
@@ -217,14 +218,14 @@ class Solver:
         if self.verbose and t % self.print_every == 0:
             self._print(f"(Iteration {t + 1} / {num_iterations}) loss: {self.loss_history[-1]:f}")
 
-    # ---- book/fc_nets.md:925 ----
+    # ---- book/fc_nets.md:926 ----
     def _print(self, message):
         if self._bar is not None:
             self._bar.write(message)  # keeps the progress bar intact
         else:
             print(message)
 
-    # ---- book/fc_nets.md:933 ----
+    # ---- book/fc_nets.md:934 ----
     def _progress_bar(self, total):
         """A tqdm bar over the iterations, or None (no tqdm, progress=False or TQDM_DISABLE set)."""
         if not self.progress or os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true", "yes"):
@@ -235,7 +236,7 @@ class Solver:
             return None
         return tqdm(total=total, unit="it", leave=False)
 
-    # ---- book/fc_nets.md:945 ----
+    # ---- book/fc_nets.md:946 ----
     def _save_checkpoint(self):
         """Pickle the model and the training state to "{checkpoint_name}_epoch_{epoch}.pkl"."""
         if self.checkpoint_name is None:

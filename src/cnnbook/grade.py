@@ -188,13 +188,14 @@ def _first_error(cell, timeout):
     return None
 
 
+# ---- book/grading.md:245 ----
 def run_notebook(nb, cwd=".", timeout=600):
     """Execute nb's code cells in a fresh python3 kernel (working directory ``cwd``), tracing
     the exercises; return a CellRun per code cell that ran.
 
     Explained in the chapter "Grading the exercises" (book/grading.md), section "Tracing which exercise a check calls".
     """
-    # ---- book/grading.md:242 ----
+    # ---- book/grading.md:248 ----
     import nbformat
     from nbclient import NotebookClient
     from nbclient.exceptions import DeadKernelError
@@ -239,7 +240,7 @@ def run_notebook(nb, cwd=".", timeout=600):
     return runs
 
 
-# ---- book/grading.md:310 ----
+# ---- book/grading.md:316 ----
 def _one_line(run):
     name, message = run.error
     text = f"{name}: {message}" if message else name
@@ -259,7 +260,7 @@ def attribute(runs, nb_exercises):
 
     Explained in the chapter "Grading the exercises" (book/grading.md), section "Whom a failure belongs to".
     """
-    # ---- book/grading.md:326 ----
+    # ---- book/grading.md:332 ----
     names = [n for found in nb_exercises for n in found.exercises]
     unwritten = {n for found in nb_exercises for n in found.stubs}
     unwritten |= {n for run in runs for n, error, stub in run.raised
@@ -303,7 +304,7 @@ def attribute(runs, nb_exercises):
     return verdicts, other
 
 
-# ---- book/grading.md:377 ----
+# ---- book/grading.md:383 ----
 import argparse
 from pathlib import Path
 
@@ -313,7 +314,7 @@ def read_notebook(path):
 
     Explained in the chapter "Grading the exercises" (book/grading.md), section "The command".
     """
-    # ---- book/grading.md:383 ----
+    # ---- book/grading.md:389 ----
     import jupytext
 
     path = Path(path)
@@ -329,7 +330,7 @@ def report(verdicts, other=(), title="exercises"):
 
     Explained in the chapter "Grading the exercises" (book/grading.md), section "The command".
     """
-    # ---- book/grading.md:395 ----
+    # ---- book/grading.md:401 ----
     width = max([len(n) for n in verdicts] + [len("exercise")])
     lines = [title, f"{'exercise':<{width}}  verdict", "-" * (width + 9)]
     lines += [f"{name:<{width}}  {verdict}" for name, verdict in verdicts.items()]
@@ -346,7 +347,7 @@ def grade(notebook, cwd=".", timeout=None, title="exercises"):
 
     Explained in the chapter "Grading the exercises" (book/grading.md), section "The command".
     """
-    # ---- book/grading.md:408 ----
+    # ---- book/grading.md:414 ----
     nb = read_notebook(notebook) if isinstance(notebook, (str, Path)) else notebook
     if timeout is None:
         timeout = nb.metadata.get("mystnb", {}).get("execution_timeout") or 600
@@ -362,7 +363,7 @@ def grade(notebook, cwd=".", timeout=None, title="exercises"):
 
 def main(argv=None):
     """Explained in the chapter "Grading the exercises" (book/grading.md), section "The command"."""
-    # ---- book/grading.md:422 ----
+    # ---- book/grading.md:428 ----
     parser = argparse.ArgumentParser(prog="python -m cnnbook.grade",
                                      description="Run a student edition and grade its exercises.")
     parser.add_argument("notebook", type=Path, help="the student's .ipynb or MyST .md")
@@ -380,6 +381,6 @@ def main(argv=None):
     return 0 if all(v == "passed" for v in verdicts.values()) and not other else 1
 
 
-# ---- book/grading.md:445 ----
+# ---- book/grading.md:451 ----
 if __name__ == "__main__" and "__file__" in globals():  # python -m cnnbook.grade
     sys.exit(main())

@@ -47,14 +47,10 @@ def clean_env(**extra) -> dict:
 
 
 def run(cmd, **kwargs) -> subprocess.CompletedProcess:
-    kwargs.setdefault("env", clean_env())
-    proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, **kwargs)
-    if proc.returncode != 0:
-        raise AssertionError(
-            f"command failed ({proc.returncode}): {' '.join(map(str, cmd))}\n"
-            f"--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-4000:]}"
-        )
-    return proc
+    """Run cmd in clean_env() (unless env is given); an AssertionError if it fails."""
+    from chapters import run_checked
+
+    return run_checked(cmd, AssertionError, **kwargs)
 
 
 def fresh_venv(path: Path) -> Path:

@@ -341,17 +341,22 @@ def isolated_environ(**extra) -> dict:
     return env
 
 
-def _run(cmd, what: str, **kwargs):
+def run_checked(cmd, failure=ChapterError, what: str = "command", **kwargs):
+    """Run cmd (output captured as text; ``env`` defaults to ``isolated_environ()``); if it
+    fails, raise ``failure`` naming ``what``, the exit status, the command and the tail of its
+    output. Returns the CompletedProcess."""
     import subprocess
 
     kwargs.setdefault("env", isolated_environ())
     proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, **kwargs)
     if proc.returncode != 0:
-        raise ChapterError(
-            f"building the Binder environment: {what} failed ({proc.returncode}): "
-            f"{' '.join(map(str, cmd))}\n--- stdout\n{proc.stdout[-4000:]}\n"
-            f"--- stderr\n{proc.stderr[-4000:]}")
+        raise failure(f"{what} failed ({proc.returncode}): {' '.join(map(str, cmd))}\n"
+                      f"--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-4000:]}")
     return proc
+
+
+def _run(cmd, what: str, **kwargs):
+    return run_checked(cmd, ChapterError, f"building the Binder environment: {what}", **kwargs)
 
 
 def make_binder_env(base: Path, root: Path = ROOT, wheelhouse: Path | None = None) -> BinderEnv:
